@@ -1,0 +1,165 @@
+"""What conntrace asks of DB-API drivers, without ever sending a query.
+
+Django's backends share one base class, so the only per-driver knowledge
+conntrace needs is here: the server's id for a session, whether the driver
+already considers a connection closed, and how to discard an inherited
+connection without touching the socket it shares with another process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import select
+import socket
+from typing import Any, Optional
+
+# closed_by values
+BY_APPLICATION = "application"  # code closed the driver connection directly
+BY_SERVER = "server"  # the server or a pooler ended the session
+
+
+def _family(conn: Any) -> str:
+    module = type(conn).__module__ or ""
+    if module.startswith("psycopg2"):
+        return "psycopg2"
+    if module.startswith("psycopg"):
+        return "psycopg"
+    if module.startswith("sqlite3"):
+        return "sqlite3"
+    if module.startswith(("MySQLdb", "_mysql")):
+        return "mysqlclient"
+    return "other"
+
+
+_families: dict[type, str] = {}
+
+
+def family(conn: Any) -> str:
+    """Return the driver family of a DB-API connection (cached by type)."""
+    kind = type(conn)
+    fam = _families.get(kind)
+    if fam is None:
+        fam = _families[kind] = _family(conn)
+    return fam
+
+
+def backend_pid(conn: Any) -> Optional[int]:
+    """Return the server's id for this session when the driver knows it locally.
+
+    PostgreSQL: the backend PID libpq received at connect time (behind
+    pgbouncer, the pooler's cancel key instead). MySQL: the thread id.
+    """
+    fam = family(conn)
+    try:
+        if fam == "psycopg2":
+            return conn.get_backend_pid()
+        if fam == "psycopg":
+            return conn.info.backend_pid
+        if fam == "mysqlclient":
+            return conn.thread_id()
+    except Exception:
+        return None
+    return None
+
+
+def fileno(conn: Any) -> Optional[int]:
+    """Return the socket descriptor of a connection, or None."""
+    get = getattr(conn, "fileno", None)
+    if get is None:
+        return None
+    try:
+        fd = get()
+    except Exception:
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def closed_state(conn: Any) -> Optional[str]:
+    """Return who already closed ``conn`` (``application``/``server``), or None if open."""
+    fam = family(conn)
+    if fam == "psycopg2":
+        closed = conn.closed
+        if closed == 1:
+            return BY_APPLICATION
+        if closed:
+            return BY_SERVER
+    elif fam == "psycopg":
+        if conn.closed:
+            return BY_SERVER if conn.broken else BY_APPLICATION
+    elif fam == "sqlite3":
+        try:
+            conn.total_changes  # noqa: B018 - raises once the connection is closed
+        except Exception:
+            return BY_APPLICATION
+        return None
+    elif fam == "mysqlclient":
+        if not getattr(conn, "open", 1):
+            return BY_APPLICATION
+    if fam in ("psycopg2", "psycopg", "mysqlclient") and _peer_hung_up(fileno(conn)):
+        return BY_SERVER
+    return None
+
+
+def _peer_hung_up(fd: Optional[int]) -> bool:
+    """Return True if the server has ended the session on this socket.
+
+    An idle client socket that is readable holds either the server's
+    goodbye (an ErrorResponse, ``E``, before the FIN) or end-of-file.
+    Peeks only: nothing is consumed or sent.
+    """
+    if fd is None:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return False
+    if not events:
+        return False
+    if events[0][1] & (select.POLLHUP | select.POLLERR):
+        return True
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return False
+    try:
+        first = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.detach()
+    return first in (b"", b"E")
+
+
+# Objects that must never be finalised in this process (see discard()).
+_quarantine: list[Any] = []
+
+
+def discard(conn: Any) -> str:
+    """Drop an inherited connection without sending anything on its shared socket.
+
+    Returns how it was done. The socket descriptor, where the driver has
+    one, is pointed at /dev/null (``dup2``), so this process no longer holds
+    the shared session and nothing it does later can reach it; the descriptor
+    number stays occupied, so no unrelated file can take it. The driver
+    object is then kept alive forever and never closed or finalised here:
+    closing takes driver locks another thread may have held at fork time, and
+    sqlite3 could roll back a transaction the parent still owns.
+    """
+    fd = fileno(conn)
+    if fd is not None:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(devnull, fd, inheritable=False)
+        finally:
+            os.close(devnull)
+    _quarantine.append(conn)
+    try:
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
+    except Exception:
+        pass
+    return "socket detached" if fd is not None else "kept unclosed"

@@ -1,0 +1,180 @@
+"""Event names and their emission through structlog.
+
+conntrace never configures structlog or logging. It asks the application's
+configuration whether a level would be kept before building an event, so
+that events dropped by level cost nothing, and an application that never
+configured structlog (whose defaults print every level) gets warnings only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Optional
+
+import structlog
+
+from conntrace import conf
+
+CONNECTION_OPENED = "connection_opened"
+CONNECTION_CLOSED = "connection_closed"
+CONNECTION_DOUBLE_CLOSE = "connection_double_close"
+CONNECTION_CLOSE_FAILED = "connection_close_failed"
+CONNECTION_ABANDONED = "connection_abandoned"
+CONNECTION_OPEN_AT_FORK = "connection_open_at_fork"
+CONNECTION_FORK_INHERITED = "connection_fork_inherited"
+CONNECTION_INHERITED_USED = "connection_inherited_used"
+INTERNAL_ERROR = "conntrace_internal_error"
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+_fallback_log = logging.getLogger("conntrace")
+
+
+class _LevelGate:
+    """Cache of which levels the application's structlog configuration keeps."""
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.min_level = logging.WARNING
+        self.stdlib_logger: Optional[logging.Logger] = None
+        self.logger: Any = None
+
+    def refresh(self, key: Any) -> None:
+        self.key = key
+        name = conf.get()["LOGGER_NAME"]
+        self.logger = structlog.get_logger(name)
+        self.stdlib_logger = None
+        if not structlog.is_configured():
+            # structlog's defaults print every level: keep such projects quiet.
+            self.min_level = logging.WARNING
+            return
+        bound = self.logger.bind()
+        if isinstance(bound, structlog.stdlib.BoundLogger):
+            self.stdlib_logger = bound._logger
+            self.min_level = logging.NOTSET
+            return
+        check = getattr(bound, "is_enabled_for", None)
+        self.min_level = logging.NOTSET
+        if check is not None:
+            for level in sorted(LEVELS.values()):
+                if check(level):
+                    self.min_level = level
+                    break
+            else:
+                self.min_level = logging.CRITICAL + 1
+
+    def enabled(self, level: int) -> bool:
+        config = structlog._config._CONFIG
+        key = (config.is_configured, config.default_wrapper_class, config.logger_factory)
+        if key != self.key:
+            self.refresh(key)
+        if level < self.min_level:
+            return False
+        if self.stdlib_logger is not None:
+            return self.stdlib_logger.isEnabledFor(level)
+        return True
+
+
+gate = _LevelGate()
+
+
+def reset() -> None:
+    """Forget the cached logger and levels (settings or structlog configuration changed)."""
+    gate.key = None
+
+
+def enabled(level: int) -> bool:
+    """Return True if an event at ``level`` would be kept by the application's configuration."""
+    try:
+        return gate.enabled(level)
+    except Exception as exc:
+        internal_error("level_check", exc)
+        return level >= logging.WARNING
+
+
+def emit(level: int, event: str, fields: dict[str, Any]) -> None:
+    """Send one event; a failure of the logging pipeline is reported once, never raised."""
+    try:
+        logger = gate.logger or structlog.get_logger(conf.get()["LOGGER_NAME"])
+        if level >= logging.ERROR:
+            logger.error(event, **fields)
+        elif level >= logging.WARNING:
+            logger.warning(event, **fields)
+        elif level >= logging.INFO:
+            logger.info(event, **fields)
+        else:
+            logger.debug(event, **fields)
+    except Exception as exc:
+        internal_error("emit", exc)
+
+
+_reported: set[tuple[str, str]] = set()
+
+
+def internal_error(where: str, exc: BaseException) -> None:
+    """Report a failure inside conntrace once per kind; never raise."""
+    key = (where, type(exc).__name__)
+    if key in _reported:
+        return
+    _reported.add(key)
+    fields = {"where": where, "error_type": type(exc).__name__, "error": redact(str(exc))}
+    try:
+        structlog.get_logger(conf.get()["LOGGER_NAME"]).error(INTERNAL_ERROR, **fields)
+    except Exception:
+        try:
+            _fallback_log.error("%s where=%s error_type=%s error=%s", INTERNAL_ERROR, *fields.values())
+        except Exception:
+            pass
+
+
+def reset_internal_errors() -> None:
+    """Allow every kind of internal error to be reported again (for tests)."""
+    _reported.clear()
+
+
+_PATTERNS = (
+    re.compile(r"(password\s*=\s*)('[^']*'|\"[^\"]*\"|\S+)", re.IGNORECASE),
+    re.compile(r"(://[^:/@\s]*:)([^@\s]+)(?=@)"),
+)
+_secrets: Optional[tuple[str, ...]] = None
+
+
+def _configured_secrets() -> tuple[str, ...]:
+    from django.conf import settings
+
+    found = set()
+    try:
+        for db in getattr(settings, "DATABASES", {}).values():
+            for source in (db, db.get("OPTIONS") or {}):
+                for key, value in source.items():
+                    if isinstance(value, str) and value and (
+                        "password" in key.lower() or "dsn" in key.lower() or key.lower() in ("passwd", "conninfo")
+                    ):
+                        found.add(value)
+                        # A DSN's own password, too.
+                        for pattern in _PATTERNS:
+                            for match in pattern.finditer(value):
+                                found.add(match.group(2).strip("'\""))
+    except Exception:
+        pass
+    return tuple(sorted((s for s in found if s), key=len, reverse=True))
+
+
+def redact(text: str) -> str:
+    """Remove database passwords and DSN credentials from ``text``."""
+    global _secrets
+    if _secrets is None:
+        _secrets = _configured_secrets()
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    for pattern in _PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + "***", text)
+    return text
+
+
+def forget_secrets() -> None:
+    """Re-read the secrets on next use (DATABASES changed)."""
+    global _secrets
+    _secrets = None

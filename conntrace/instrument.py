@@ -1,0 +1,384 @@
+"""The thin wrappers around Django's ``BaseDatabaseWrapper``: install, uninstall, is_installed.
+
+Three methods of the base class are wrapped, once, behind a marker that
+keeps the original: ``connect`` (a session is established), ``close`` (every
+close attempt and its outcome) and ``ensure_connection`` (the first use of a
+connection in a request, and use after a fork). Every backend that inherits
+them, built-in or third-party, is covered without per-backend code.
+
+Bookkeeping runs around the original call and is fenced: a failure inside
+conntrace is reported once and the database call goes on unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+import weakref
+from typing import Any, Callable, Optional
+
+import structlog
+from django.core.signals import request_started
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+from conntrace import conf, drivers, events, process, records, stacks
+from conntrace.exceptions import CloseErrorWarning
+
+MARK = "_conntrace_original"
+RECORD_ATTR = "_conntrace_record"
+DEBUG = logging.DEBUG
+WARNING = logging.WARNING
+
+# Wrappers of ours that another library wrapped over: they stay in place, inert while inactive.
+_covered: dict[str, Callable[..., Any]] = {}
+# id(weakref to a wrapper) -> record of the connection that wrapper holds open.
+_watched: dict[int, records.ConnectionRecord] = {}
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def _open_record(wrapper: Any) -> records.ConnectionRecord:
+    settings = conf.get()
+    record = records.ConnectionRecord(
+        alias=wrapper.alias,
+        vendor=wrapper.vendor,
+        pid=process.pid,
+        thread=process.thread_name(),
+        opened_at=time.time(),
+        opened_mono=time.monotonic(),
+        # Skip this function and the connect wrapper: start at connect's caller.
+        stack=stacks.capture(settings["STACK_DEPTH"], skip=2),
+        fork_gen=process.fork_gen,
+    )
+    _snapshot_context(record)
+    return record
+
+
+def _on_wrapper_gone(ref: weakref.ref) -> None:
+    """Garbage-collector callback: a wrapper died holding an open connection."""
+    record = _watched.pop(id(ref), None)
+    if record is None or record.state != records.OPEN:
+        return
+    record.add_close(
+        records.CloseAttempt(time.time(), process.pid, process.thread_name(), (), records.ABANDONED)
+    )
+    record.closed_mono = time.monotonic()
+    records.registry.ended(record)
+    # Emitting from inside the garbage collector could take a lock this thread holds.
+    process.pending.append(lambda: events.emit(WARNING, events.CONNECTION_ABANDONED, anomaly_fields(record)))
+
+
+def _connected(wrapper: Any, record: records.ConnectionRecord) -> None:
+    conn = wrapper.connection
+    if conn is None:
+        return
+    previous = wrapper.__dict__.get(RECORD_ATTR)
+    if previous is not None and previous.state == records.OPEN:
+        # connect() on a wrapper that was already connected drops the old session.
+        _forget(previous)
+        _on_abandon_now(previous)
+    record.backend_pid = drivers.backend_pid(conn)
+    record.pooled = bool(wrapper.settings_dict.get("OPTIONS", {}).get("pool"))
+    ref = weakref.ref(wrapper, _on_wrapper_gone)
+    record.wrapper_ref = ref
+    _watched[id(ref)] = record
+    wrapper.__dict__[RECORD_ATTR] = record
+    records.registry.opened(record)
+    if events.enabled(DEBUG):
+        events.emit(DEBUG, events.CONNECTION_OPENED, base_fields(record))
+
+
+def _on_abandon_now(record: records.ConnectionRecord) -> None:
+    record.add_close(
+        records.CloseAttempt(time.time(), process.pid, process.thread_name(), (), records.ABANDONED)
+    )
+    record.closed_mono = time.monotonic()
+    records.registry.ended(record)
+    events.emit(WARNING, events.CONNECTION_ABANDONED, anomaly_fields(record))
+
+
+def _forget(record: records.ConnectionRecord) -> None:
+    ref = record.wrapper_ref
+    if ref is not None:
+        _watched.pop(id(ref), None)
+        record.wrapper_ref = None
+
+
+def _closed(
+    wrapper: Any,
+    record: records.ConnectionRecord,
+    attempt: records.CloseAttempt,
+    exc: Optional[BaseException],
+) -> None:
+    record.add_close(attempt)
+    if attempt.outcome == records.NOOP:
+        return
+    record.closed_mono = time.monotonic()
+    _forget(record)
+    records.registry.ended(record)
+    if exc is not None:
+        fields = anomaly_fields(record)
+        fields.update(error_type=attempt.error_type, error=attempt.error, downgraded=True)
+        events.emit(WARNING, events.CONNECTION_CLOSE_FAILED, fields)
+    elif attempt.outcome == records.ALREADY_CLOSED:
+        fields = anomaly_fields(record)
+        fields["closed_by"] = attempt.closed_by
+        events.emit(WARNING, events.CONNECTION_DOUBLE_CLOSE, fields)
+    elif events.enabled(DEBUG):
+        fields = base_fields(record)
+        fields.update(outcome=attempt.outcome, age_s=record.age_s(), close_count=record.close_count)
+        events.emit(DEBUG, events.CONNECTION_CLOSED, fields)
+
+
+def base_fields(record: records.ConnectionRecord) -> dict[str, Any]:
+    """Return the fields every event about ``record`` carries."""
+    fields: dict[str, Any] = {}
+    if record.context:
+        fields.update(record.context)
+    fields.update(
+        alias=record.alias,
+        vendor=record.vendor,
+        conn_id=record.conn_id,
+        pid=process.pid,
+        thread=process.thread_name(),
+        backend_pid=record.backend_pid,
+        opened_in=record.opened_in(),
+        opened_stack=record.opened_stack(),
+    )
+    return fields
+
+
+def anomaly_fields(record: records.ConnectionRecord) -> dict[str, Any]:
+    """Return the whole story of ``record``, so that an anomaly event reads alone."""
+    fields = base_fields(record)
+    fields.update(
+        opened_by_pid=record.pid,
+        opened_thread=record.thread,
+        opened_at=records._iso(record.opened_at),
+        age_s=record.age_s(),
+        close_count=record.close_count,
+        closes=[attempt.as_dict() for attempt in record.closes],
+    )
+    if record.inherited:
+        fields.update(inherited=True, fork_policy=record.fork_policy)
+    return fields
+
+
+def _snapshot_context(record: records.ConnectionRecord) -> None:
+    record.context_gen = process.request_gen
+    context = structlog.contextvars.get_contextvars()
+    if context:
+        record.context = context
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+def _wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def connect(self: Any) -> Any:
+        if not process.active:
+            return original(self)
+        record = None
+        try:
+            if process.pending:
+                process.flush_pending()
+            record = _open_record(self)
+        except Exception as exc:
+            events.internal_error("connect", exc)
+        try:
+            return original(self)
+        finally:
+            if record is not None:
+                try:
+                    _connected(self, record)
+                except Exception as exc:
+                    events.internal_error("connect", exc)
+
+    return connect
+
+
+def _wrap_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def close(self: Any) -> Any:
+        if not process.active:
+            return original(self)
+        # Django's own check, run first so that its error is never mistaken for a close error.
+        self.validate_thread_sharing()
+        record = attempt = None
+        try:
+            if process.pending:
+                process.flush_pending()
+            record = self.__dict__.get(RECORD_ATTR)
+            if record is not None:
+                attempt = _start_close(self, record)
+        except Exception as exc:
+            events.internal_error("close", exc)
+            record = None
+        try:
+            result = original(self)
+        except Exception as exc:
+            if record is not None and attempt is not None:
+                _finish_close(self, record, attempt, exc)
+            if not conf.get()["DOWNGRADE_CLOSE_ERRORS"]:
+                raise
+            _downgrade(self, record, exc)
+            return None
+        if record is not None and attempt is not None:
+            _finish_close(self, record, attempt, None)
+        return result
+
+    return close
+
+
+def _start_close(wrapper: Any, record: records.ConnectionRecord) -> records.CloseAttempt:
+    conn = wrapper.connection
+    stack = stacks.capture(conf.get()["STACK_DEPTH"], skip=2)
+    if conn is None or wrapper.closed_in_transaction or record.state != records.OPEN:
+        outcome, closed_by = records.NOOP, None
+    else:
+        closed_by = drivers.closed_state(conn)
+        if closed_by is not None:
+            outcome = records.ALREADY_CLOSED
+            if closed_by == drivers.BY_SERVER and record.open_at_forks:
+                closed_by = "server_or_forked_child"
+        elif record.pooled:
+            outcome = records.RETURNED_TO_POOL
+        else:
+            outcome = records.CLOSED
+    return records.CloseAttempt(time.time(), process.pid, process.thread_name(), stack, outcome, closed_by)
+
+
+def _finish_close(
+    wrapper: Any, record: records.ConnectionRecord, attempt: records.CloseAttempt, exc: Optional[BaseException]
+) -> None:
+    try:
+        if exc is not None:
+            attempt.outcome = records.FAILED
+            attempt.error_type = type(exc).__name__
+            attempt.error = events.redact(str(exc))
+        _closed(wrapper, record, attempt, exc)
+    except Exception as internal:
+        events.internal_error("close", internal)
+
+
+def _downgrade(wrapper: Any, record: Optional[records.ConnectionRecord], exc: BaseException) -> None:
+    # Django's close() has already left the wrapper closed (connection is None,
+    # or closed_in_transaction inside an atomic block): the next use reconnects.
+    where = ""
+    if record is not None:
+        try:
+            where = f" (opened in {record.opened_in()})"
+        except Exception:
+            pass
+    warnings.warn(
+        CloseErrorWarning(
+            f"conntrace: closing database connection {wrapper.alias!r}{where} raised "
+            f"{type(exc).__name__}: {events.redact(str(exc))}; downgraded to this warning"
+        ),
+        stacklevel=3,
+    )
+
+
+def _wrap_ensure_connection(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def ensure_connection(self: Any) -> Any:
+        if process.active and self.connection is not None:
+            record = self.__dict__.get(RECORD_ATTR)
+            if record is not None:
+                if record.fork_gen != process.fork_gen:
+                    from conntrace import forking
+
+                    forking.on_inherited_use(self, record)
+                elif record.context_gen != process.request_gen:
+                    try:
+                        _snapshot_context(record)
+                    except Exception as exc:
+                        events.internal_error("use", exc)
+        return original(self)
+
+    return ensure_connection
+
+
+_WRAPPERS = {
+    "connect": _wrap_connect,
+    "close": _wrap_close,
+    "ensure_connection": _wrap_ensure_connection,
+}
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def _on_request_started(**kwargs: Any) -> None:
+    process.request_gen += 1
+    if process.pending:
+        process.flush_pending()
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def install() -> bool:
+    """Instrument Django's database wrappers; a second call is a no-op.
+
+    Returns False when ``CONNTRACE["ENABLED"]`` is false.
+    """
+    if not conf.get()["ENABLED"]:
+        return False
+    for name, make in _WRAPPERS.items():
+        if name in _covered:
+            continue  # our earlier wrapper is still in the chain, under another library's
+        current = BaseDatabaseWrapper.__dict__[name]
+        if getattr(current, MARK, None) is not None:
+            continue
+        wrapper = make(current)
+        wrapper.__name__ = current.__name__
+        wrapper.__qualname__ = current.__qualname__
+        wrapper.__doc__ = current.__doc__
+        setattr(wrapper, MARK, current)
+        setattr(BaseDatabaseWrapper, name, wrapper)
+    records.registry.resize(conf.get()["MAX_RECORDS"])
+    request_started.connect(_on_request_started, dispatch_uid="conntrace.request_started")
+    from conntrace import forking
+
+    forking.register_hooks()
+    process.active = True
+    return True
+
+
+def uninstall() -> None:
+    """Restore Django's original methods (records already made are kept)."""
+    process.active = False
+    for name in _WRAPPERS:
+        current = BaseDatabaseWrapper.__dict__[name]
+        original = getattr(current, MARK, None)
+        if original is not None:
+            setattr(BaseDatabaseWrapper, name, original)
+        elif name not in _covered:
+            # Another library wrapped ours: leave the chain intact; ours is inert now.
+            for candidate in _find_ours(current):
+                _covered[name] = candidate
+    request_started.disconnect(dispatch_uid="conntrace.request_started")
+
+
+def _find_ours(func: Any) -> list[Any]:
+    seen = []
+    closure = getattr(func, "__closure__", None) or ()
+    for cell in closure:
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if getattr(value, MARK, None) is not None:
+            seen.append(value)
+    return seen
+
+
+def is_installed() -> bool:
+    """Return True while conntrace is recording."""
+    return process.active
+
+
+def record_of(wrapper: Any) -> Optional[records.ConnectionRecord]:
+    """Return the record of the session ``wrapper`` holds or last held."""
+    return wrapper.__dict__.get(RECORD_ATTR)

@@ -1,0 +1,224 @@
+"""The connection record and this process's registry of them.
+
+The registry holds no lock: every mutation is a single dict or deque
+operation, atomic under the GIL, so it is safe across threads, inside
+garbage-collector callbacks and in the child of a fork (where a lock held by
+another thread of the parent would stay held forever).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import time
+import weakref
+from collections import deque
+from typing import Any, Optional
+
+from conntrace.stacks import RawStack, frame_filter
+
+# Close outcomes.
+CLOSED = "closed"
+RETURNED_TO_POOL = "returned_to_pool"
+ALREADY_CLOSED = "already_closed"
+NOOP = "noop"
+FAILED = "failed"
+ABANDONED = "abandoned"
+
+# Record states.
+OPEN = "open"
+ENDED = "closed"
+
+MAX_CLOSE_ATTEMPTS = 20  # per record; later attempts are only counted
+
+_ids = itertools.count(1)
+
+
+class CloseAttempt:
+    """One call to close a connection, by whom and with what outcome."""
+
+    __slots__ = ("at", "pid", "thread", "stack", "outcome", "closed_by", "error_type", "error")
+
+    def __init__(
+        self,
+        at: float,
+        pid: int,
+        thread: str,
+        stack: RawStack,
+        outcome: str,
+        closed_by: Optional[str] = None,
+        error_type: Optional[str] = None,
+        error: Optional[str] = None,
+    ) -> None:
+        self.at = at
+        self.pid = pid
+        self.thread = thread
+        self.stack = stack
+        self.outcome = outcome
+        self.closed_by = closed_by
+        self.error_type = error_type
+        self.error = error
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return this attempt as plain, JSON-serialisable data."""
+        ff = frame_filter()
+        return {
+            "at": _iso(self.at),
+            "pid": self.pid,
+            "thread": self.thread,
+            "outcome": self.outcome,
+            "closed_by": self.closed_by,
+            "error_type": self.error_type,
+            "error": self.error,
+            "closed_in": ff.first_user_frame(self.stack),
+            "stack": ff.visible_stack(self.stack),
+            "stack_full": ff.format_stack(self.stack),
+        }
+
+
+class ConnectionRecord:
+    """Everything conntrace knows about one DB session of one DatabaseWrapper."""
+
+    __slots__ = (
+        "conn_id",
+        "alias",
+        "vendor",
+        "pid",
+        "thread",
+        "opened_at",
+        "opened_mono",
+        "stack",
+        "backend_pid",
+        "pooled",
+        "state",
+        "closes",
+        "close_count",
+        "closed_mono",
+        "fork_gen",
+        "inherited",
+        "fork_policy",
+        "open_at_forks",
+        "context",
+        "context_gen",
+        "wrapper_ref",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        alias: str,
+        vendor: str,
+        pid: int,
+        thread: str,
+        opened_at: float,
+        opened_mono: float,
+        stack: RawStack,
+        fork_gen: int,
+    ) -> None:
+        self.conn_id = next(_ids)
+        self.alias = alias
+        self.vendor = vendor
+        self.pid = pid
+        self.thread = thread
+        self.opened_at = opened_at
+        self.opened_mono = opened_mono
+        self.stack = stack
+        self.backend_pid: Optional[int] = None
+        self.pooled = False
+        self.state = OPEN
+        self.closes: list[CloseAttempt] = []
+        self.close_count = 0
+        self.closed_mono: Optional[float] = None
+        self.fork_gen = fork_gen
+        self.inherited = False
+        self.fork_policy: Optional[str] = None
+        self.open_at_forks = 0
+        self.context: Optional[dict[str, Any]] = None
+        self.context_gen = -1
+        self.wrapper_ref: Optional[weakref.ref] = None
+
+    def add_close(self, attempt: CloseAttempt) -> None:
+        """Record one close attempt (bounded: later ones are only counted)."""
+        self.close_count += 1
+        if len(self.closes) < MAX_CLOSE_ATTEMPTS:
+            self.closes.append(attempt)
+
+    def age_s(self, now: Optional[float] = None) -> float:
+        """Return seconds since the connection opened (until it closed, if it did)."""
+        end = self.closed_mono if self.closed_mono is not None else (now or time.monotonic())
+        return round(end - self.opened_mono, 6)
+
+    def opened_in(self) -> Optional[str]:
+        """Return the user's line that opened this connection."""
+        return frame_filter().first_user_frame(self.stack)
+
+    def opened_stack(self) -> list[str]:
+        """Return the user's frames of the opening stack as ``"path:line in func"`` strings."""
+        return frame_filter().visible_stack(self.stack)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return this record as plain, JSON-serialisable data."""
+        return {
+            "conn_id": self.conn_id,
+            "alias": self.alias,
+            "vendor": self.vendor,
+            "state": self.state,
+            "pid": self.pid,
+            "thread": self.thread,
+            "opened_at": _iso(self.opened_at),
+            "age_s": self.age_s(),
+            "backend_pid": self.backend_pid,
+            "pooled": self.pooled,
+            "opened_in": self.opened_in(),
+            "opened_stack": self.opened_stack(),
+            "opened_stack_full": frame_filter().format_stack(self.stack),
+            "close_count": self.close_count,
+            "closes": [attempt.as_dict() for attempt in self.closes],
+            "inherited": self.inherited,
+            "fork_policy": self.fork_policy,
+            "open_at_forks": self.open_at_forks,
+            "request_id": (self.context or {}).get("request_id"),
+        }
+
+
+def _iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat()
+
+
+class Registry:
+    """Records of this process: the open ones, and a bounded history of ended ones."""
+
+    def __init__(self, max_records: int = 500) -> None:
+        self.live: dict[int, ConnectionRecord] = {}
+        self.history: deque[ConnectionRecord] = deque(maxlen=max_records)
+
+    def resize(self, max_records: int) -> None:
+        """Change how many ended records are kept."""
+        if self.history.maxlen != max_records:
+            self.history = deque(self.history, maxlen=max_records)
+
+    def opened(self, record: ConnectionRecord) -> None:
+        """Register a newly opened connection."""
+        self.live[record.conn_id] = record
+
+    def ended(self, record: ConnectionRecord) -> None:
+        """Move a record from the open set to the history (idempotent)."""
+        if self.live.pop(record.conn_id, None) is not None:
+            record.state = ENDED
+            self.history.append(record)
+
+    def open_records(self) -> list[ConnectionRecord]:
+        """Return the records of connections open now."""
+        return list(self.live.values())
+
+    def ended_records(self) -> list[ConnectionRecord]:
+        """Return the kept records of ended connections, oldest first."""
+        return list(self.history)
+
+    def clear(self) -> None:
+        """Forget every record (for tests)."""
+        self.live.clear()
+        self.history.clear()
+
+
+registry = Registry()

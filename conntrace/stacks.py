@@ -1,0 +1,196 @@
+"""Cheap stack capture, and finding the user's own line in it.
+
+Capture keeps ``(code object, instruction offset)`` pairs only: no frame
+objects, no locals. Line numbers, file names and the "is this the user's
+code?" decision are resolved later, when a stack is shown or an event is
+emitted, and cached by file name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import sysconfig
+from collections.abc import Callable, Iterable
+from types import CodeType, FrameType
+from typing import Optional
+
+RawFrame = tuple[CodeType, int]
+RawStack = tuple[RawFrame, ...]
+
+# Frames of these packages are never "the user's line".
+DEFAULT_HIDDEN_MODULES = (
+    "conntrace",
+    "django",
+    "debug_toolbar",
+    "asgiref",
+    "gunicorn",
+    "uvicorn",
+    "daphne",
+    "hypercorn",
+    "waitress",
+    "werkzeug",
+    "channels",
+    "psycopg",
+    "psycopg2",
+    "psycopg_pool",
+    "MySQLdb",
+    "structlog",
+    "django_structlog",
+    "sentry_sdk",
+    "opentelemetry",
+    "_pytest",
+    "pytest",
+    "pluggy",
+    "pytest_django",
+    "xdist",
+)
+
+
+_ASYNC_UNSAFE = os.path.join("django", "utils", "asyncio.py")
+
+
+def capture(depth: int, skip: int = 1, getframe: Callable[[int], FrameType] = sys._getframe) -> RawStack:
+    """Return up to ``depth`` raw frames of the caller's stack, innermost first.
+
+    ``skip`` counts frames above this function's caller to leave out.
+    """
+    frame: Optional[FrameType] = getframe(skip + 1)
+    out = []
+    append = out.append
+    while frame is not None and depth:
+        append((frame.f_code, frame.f_lasti))
+        frame = frame.f_back
+        depth -= 1
+    del frame
+    return tuple(out)
+
+
+def line_of(code: CodeType, lasti: int) -> int:
+    """Return the source line of instruction offset ``lasti`` in ``code``."""
+    for start, end, line in code.co_lines():
+        if start <= lasti < end:
+            return line if line is not None else code.co_firstlineno
+    return code.co_firstlineno
+
+
+def _stdlib_prefixes() -> tuple[str, ...]:
+    paths = {sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib")}
+    paths |= {os.path.dirname(os.__file__)}
+    return tuple(os.path.join(p, "") for p in paths if p)
+
+
+def _module_prefixes(modules: Iterable[str]) -> tuple[str, ...]:
+    prefixes = []
+    for name in modules:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError, AttributeError):
+            continue
+        if spec is None:
+            continue
+        if spec.submodule_search_locations:
+            prefixes.extend(os.path.join(p, "") for p in spec.submodule_search_locations)
+        elif spec.origin and os.path.isabs(spec.origin):
+            prefixes.append(spec.origin)
+    return tuple(prefixes)
+
+
+class FrameFilter:
+    """Decide which frames are hidden (framework, server, stdlib) and format frames."""
+
+    def __init__(self, extra_hidden: Iterable[str] = ()) -> None:
+        self.hidden_prefixes = _module_prefixes((*DEFAULT_HIDDEN_MODULES, *extra_hidden))
+        self.stdlib_prefixes = _stdlib_prefixes()
+        self._plumbing = _module_prefixes(("conntrace", "django.db.backends", "django.db.utils"))
+        self._hidden_by_file: dict[str, bool] = {}
+        self._short_by_file: dict[str, str] = {}
+        try:
+            self._cwd = os.path.join(os.getcwd(), "")
+        except OSError:
+            self._cwd = ""
+
+    def is_hidden(self, filename: str) -> bool:
+        """Return True if frames from ``filename`` are not the user's own code."""
+        hidden = self._hidden_by_file.get(filename)
+        if hidden is None:
+            hidden = self._compute_hidden(filename)
+            self._hidden_by_file[filename] = hidden
+        return hidden
+
+    def _compute_hidden(self, filename: str) -> bool:
+        if filename.startswith("<frozen"):
+            return True
+        if filename.startswith(self.hidden_prefixes):
+            return True
+        if filename.startswith(self.stdlib_prefixes):
+            return "site-packages" not in filename and "dist-packages" not in filename
+        return False
+
+    def short_path(self, filename: str) -> str:
+        """Return ``filename`` relative to the working directory when it lies below it."""
+        short = self._short_by_file.get(filename)
+        if short is None:
+            short = filename
+            if self._cwd and filename.startswith(self._cwd):
+                short = filename[len(self._cwd) :]
+            self._short_by_file[filename] = short
+        return short
+
+    def format_frame(self, raw: RawFrame) -> str:
+        """Return ``"path:line in function"`` for one raw frame."""
+        code, lasti = raw
+        return f"{self.short_path(code.co_filename)}:{line_of(code, lasti)} in {code.co_qualname}"
+
+    def format_stack(self, stack: RawStack) -> list[str]:
+        """Return every frame of ``stack`` formatted, innermost first."""
+        return [self.format_frame(raw) for raw in stack]
+
+    def visible_stack(self, stack: RawStack) -> list[str]:
+        """Return the user's frames of ``stack`` formatted.
+
+        When none is the user's (Django opened the connection for itself), the
+        frames outside Django's database layer, so the stack still says who.
+        """
+        visible = [self.format_frame(raw) for raw in stack if not self.is_hidden(raw[0].co_filename)]
+        if visible:
+            return visible
+        return [self.format_frame(raw) for raw in stack if not self._is_plumbing(raw[0].co_filename)]
+
+    def _is_plumbing(self, filename: str) -> bool:
+        """Return True for conntrace's and Django's DB-connection frames."""
+        return filename.startswith(self._plumbing) or filename.endswith(_ASYNC_UNSAFE)
+
+    def first_user_frame(self, stack: RawStack) -> Optional[str]:
+        """Return the innermost frame that is the user's own code, formatted.
+
+        Falls back to the innermost frame outside conntrace and Django's
+        connection plumbing when every frame is hidden.
+        """
+        for raw in stack:
+            if not self.is_hidden(raw[0].co_filename):
+                return self.format_frame(raw)
+        for raw in stack:
+            if not self._is_plumbing(raw[0].co_filename):
+                return self.format_frame(raw)
+        return None
+
+
+_filter: Optional[FrameFilter] = None
+
+
+def frame_filter() -> FrameFilter:
+    """Return the process-wide filter, built from the current settings on first use."""
+    global _filter
+    if _filter is None:
+        from conntrace import conf
+
+        _filter = FrameFilter(conf.get()["HIDE_MODULES"])
+    return _filter
+
+
+def reset_filter() -> None:
+    """Drop the cached filter so the next use reads the settings again."""
+    global _filter
+    _filter = None

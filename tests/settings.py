@@ -1,0 +1,55 @@
+"""Settings for conntrace's own test suite: two PostgreSQL aliases and one SQLite alias.
+
+``DATABASES`` comes from the environment; without ``CONNTRACE_TEST_PGHOST`` a
+throwaway PostgreSQL server is started (see ``tests/pgserver.py``).
+``CONNTRACE_TEST_DRIVER=psycopg2`` hides psycopg 3 so that Django uses psycopg2.
+"""
+
+import os
+import sys
+import tempfile
+
+from tests import pgserver
+
+DRIVER = os.environ.get("CONNTRACE_TEST_DRIVER", "psycopg")
+if DRIVER == "psycopg2":
+    # Django 5.2 prefers psycopg 3 whenever it is importable.
+    sys.modules["psycopg"] = None  # type: ignore[assignment]
+    sys.modules["psycopg_pool"] = None  # type: ignore[assignment]
+
+PG_HOST, PG_PORT = pgserver.ensure()
+
+SECRET_KEY = "conntrace-tests-not-secret"
+DEBUG = False
+USE_TZ = True
+ALLOWED_HOSTS = ["*"]
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "conntrace",
+    "tests.app",
+]
+MIDDLEWARE: list[str] = []
+ROOT_URLCONF = "tests.app.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+_pg = {
+    "ENGINE": "django.db.backends.postgresql",
+    "NAME": "conntrace",
+    "USER": pgserver.APP_USER,
+    "PASSWORD": pgserver.APP_PASSWORD,
+    "HOST": PG_HOST,
+    "PORT": str(PG_PORT),
+    "OPTIONS": {"password": pgserver.APP_PASSWORD},
+}
+DATABASES = {
+    "default": _pg,
+    "other": {**_pg, "NAME": "conntrace_other", "TEST": {"NAME": "test_conntrace_other"}},
+    "lite": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.path.join(tempfile.gettempdir(), f"conntrace-test-{os.getpid()}.sqlite3"),
+        "TEST": {"NAME": os.path.join(tempfile.gettempdir(), f"conntrace-test-{os.getpid()}-t.sqlite3")},
+    },
+}
+
+CONNTRACE = {"FORK_POLICY": os.environ.get("CONNTRACE_TEST_FORK_POLICY", "reset")}
