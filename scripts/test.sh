@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Run conntrace's whole test suite on a fresh machine.
+#
+# Installs what the tests need (PostgreSQL 15, pgbouncer, Chromium) when missing,
+# creates a virtualenv in .venv with the project and its dev extras, then runs:
+#   1. every test with psycopg 3 (plus SQLite),
+#   2. the driver tests again with psycopg2 (psycopg 3 hidden from Django).
+# The tests start their own PostgreSQL / pgbouncer / gunicorn / Chromium.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing system packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  # policy-rc.d keeps Debian from starting the system services: the tests run their own.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$PY" -m venv .venv
+fi
+echo "== installing conntrace with its dev extras"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+echo "== lint"
+.venv/bin/ruff check conntrace tests benchmarks demo
+.venv/bin/ruff format --check conntrace tests benchmarks demo
+
+status=0
+echo "== tests (psycopg 3 and SQLite)"
+.venv/bin/python -m pytest "$@" || status=$?
+echo "== driver tests again with psycopg2"
+CONNTRACE_TEST_DRIVER=psycopg2 .venv/bin/python -m pytest -m drivers "$@" || status=$?
+exit $status

@@ -1,0 +1,126 @@
+"""How conntrace talks to structlog: levels, logger name, and never configuring it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import structlog
+from django.db import connection
+
+from conntrace import events
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+def run_script(body: str) -> subprocess.CompletedProcess[str]:
+    """Run ``body`` in a fresh interpreter with the test settings (structlog unconfigured)."""
+    code = "import django; django.setup()\n" + textwrap.dedent(body)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_unconfigured_structlog_gets_no_debug_lines_but_does_get_warnings():
+    result = run_script(
+        """
+        import structlog
+        from django.db import connection
+        assert not structlog.is_configured()
+        for _ in range(3):
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            connection.close()
+        print("QUIET-UNTIL-HERE")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connection.connection.close()
+        connection.close()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    before, after = result.stdout.split("QUIET-UNTIL-HERE")
+    assert before.strip() == ""
+    assert "connection_double_close" in after
+    assert "connection_opened" not in after
+
+
+def test_importing_and_installing_does_not_configure_structlog_or_logging():
+    result = run_script(
+        """
+        import logging, structlog
+        import conntrace
+        conntrace.install()
+        assert not structlog.is_configured(), "structlog configured"
+        assert logging.getLogger().handlers == [], logging.getLogger().handlers
+        assert logging.getLogger("conntrace").handlers == []
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_filtering_logger_at_info_drops_debug_events_before_they_are_built():
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    try:
+        events.reset()
+        assert not events.enabled(logging.DEBUG)
+        assert events.enabled(logging.WARNING)
+    finally:
+        structlog.reset_defaults()
+        events.reset()
+
+
+def test_stdlib_logger_level_is_respected(caplog):
+    structlog.configure(
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[structlog.processors.JSONRenderer()],
+    )
+    try:
+        events.reset()
+        logging.getLogger("conntrace").setLevel(logging.WARNING)
+        assert not events.enabled(logging.DEBUG)
+        logging.getLogger("conntrace").setLevel(logging.DEBUG)
+        assert events.enabled(logging.DEBUG)
+        with caplog.at_level(logging.DEBUG, logger="conntrace"):
+            connection.close()
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        assert any('"connection_opened"' in r.getMessage() and r.name == "conntrace" for r in caplog.records)
+    finally:
+        logging.getLogger("conntrace").setLevel(logging.NOTSET)
+        structlog.reset_defaults()
+        events.reset()
+
+
+def test_logger_name_setting_names_the_logger(settings, caplog):
+    structlog.configure(
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[structlog.processors.JSONRenderer()],
+    )
+    settings.CONNTRACE = {"LOGGER_NAME": "myapp.db"}
+    try:
+        with caplog.at_level(logging.DEBUG, logger="myapp.db"):
+            connection.close()
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        assert [r.name for r in caplog.records if '"connection_opened"' in r.getMessage()] == ["myapp.db"]
+    finally:
+        structlog.reset_defaults()
+        events.reset()
+
+
+def test_redact_removes_configured_passwords_and_dsn_credentials():
+    from tests import pgserver
+
+    text = f"password={pgserver.APP_PASSWORD} postgres://u:hunter2@db/x {pgserver.APP_PASSWORD}"
+    redacted = events.redact(text)
+    assert pgserver.APP_PASSWORD not in redacted
+    assert "hunter2" not in redacted
+    assert redacted.count("***") == 3
