@@ -93,9 +93,8 @@ def closed_state(conn: Any) -> Optional[str]:
         except Exception:
             return BY_APPLICATION
         return None
-    elif fam == "mysqlclient":
-        if not getattr(conn, "open", 1):
-            return BY_APPLICATION
+    elif fam == "mysqlclient" and not getattr(conn, "open", 1):
+        return BY_APPLICATION
     if fam in ("psycopg2", "psycopg", "mysqlclient") and _peer_hung_up(fileno(conn)):
         return BY_SERVER
     return None

@@ -148,8 +148,14 @@ def _configured_secrets() -> tuple[str, ...]:
         for db in getattr(settings, "DATABASES", {}).values():
             for source in (db, db.get("OPTIONS") or {}):
                 for key, value in source.items():
-                    if isinstance(value, str) and value and (
-                        "password" in key.lower() or "dsn" in key.lower() or key.lower() in ("passwd", "conninfo")
+                    if (
+                        isinstance(value, str)
+                        and value
+                        and (
+                            "password" in key.lower()
+                            or "dsn" in key.lower()
+                            or key.lower() in ("passwd", "conninfo")
+                        )
                     ):
                         found.add(value)
                         # A DSN's own password, too.

@@ -16,7 +16,8 @@ import logging
 import time
 import warnings
 import weakref
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import structlog
 from django.core.signals import request_started
@@ -250,7 +251,10 @@ def _start_close(wrapper: Any, record: records.ConnectionRecord) -> records.Clos
 
 
 def _finish_close(
-    wrapper: Any, record: records.ConnectionRecord, attempt: records.CloseAttempt, exc: Optional[BaseException]
+    wrapper: Any,
+    record: records.ConnectionRecord,
+    attempt: records.CloseAttempt,
+    exc: Optional[BaseException],
 ) -> None:
     try:
         if exc is not None:

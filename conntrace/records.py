@@ -37,7 +37,7 @@ _ids = itertools.count(1)
 class CloseAttempt:
     """One call to close a connection, by whom and with what outcome."""
 
-    __slots__ = ("at", "pid", "thread", "stack", "outcome", "closed_by", "error_type", "error")
+    __slots__ = ("at", "closed_by", "error", "error_type", "outcome", "pid", "stack", "thread")
 
     def __init__(
         self,
@@ -80,28 +80,28 @@ class ConnectionRecord:
     """Everything conntrace knows about one DB session of one DatabaseWrapper."""
 
     __slots__ = (
-        "conn_id",
+        "__weakref__",
         "alias",
-        "vendor",
-        "pid",
-        "thread",
-        "opened_at",
-        "opened_mono",
-        "stack",
         "backend_pid",
-        "pooled",
-        "state",
-        "closes",
         "close_count",
         "closed_mono",
-        "fork_gen",
-        "inherited",
-        "fork_policy",
-        "open_at_forks",
+        "closes",
+        "conn_id",
         "context",
         "context_gen",
+        "fork_gen",
+        "fork_policy",
+        "inherited",
+        "open_at_forks",
+        "opened_at",
+        "opened_mono",
+        "pid",
+        "pooled",
+        "stack",
+        "state",
+        "thread",
+        "vendor",
         "wrapper_ref",
-        "__weakref__",
     )
 
     def __init__(
@@ -182,7 +182,7 @@ class ConnectionRecord:
 
 
 def _iso(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat()
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
 
 
 class Registry:

@@ -31,8 +31,9 @@ echo "== installing conntrace with its dev extras"
 .venv/bin/python -m pip install -q -e ".[dev]"
 
 echo "== lint"
-.venv/bin/ruff check conntrace tests benchmarks demo
-.venv/bin/ruff format --check conntrace tests benchmarks demo
+lint_paths=$(ls -d conntrace tests benchmarks demo 2>/dev/null)
+.venv/bin/ruff check $lint_paths
+.venv/bin/ruff format --check $lint_paths
 
 status=0
 echo "== tests (psycopg 3 and SQLite)"

@@ -27,7 +27,10 @@ ENV_PORT = "CONNTRACE_TEST_PGPORT"
 
 
 def bindir() -> str:
-    candidates = [os.environ.get("PG_BINDIR", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    candidates = [
+        os.environ.get("PG_BINDIR", ""),
+        *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True),
+    ]
     for path in candidates:
         if path and os.path.exists(os.path.join(path, "initdb")):
             return path
@@ -71,9 +74,22 @@ class PostgresServer:
         os.chmod(self.root, 0o755)
         self._chown(self.root, self.sockdir)
         subprocess.run(
-            _as_server_user([os.path.join(self.bindir, "initdb"), "-D", self.datadir, "-U", "postgres",
-                             "--auth=trust", "-E", "UTF8", "--locale=C"]),
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            _as_server_user(
+                [
+                    os.path.join(self.bindir, "initdb"),
+                    "-D",
+                    self.datadir,
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         with open(os.path.join(self.datadir, "pg_hba.conf"), "w") as hba:
             hba.write(
@@ -99,7 +115,9 @@ class PostgresServer:
     def pg_ctl(self, *args: str) -> None:
         subprocess.run(
             _as_server_user([os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, *args]),
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
 
     def restart(self) -> None:
@@ -107,9 +125,25 @@ class PostgresServer:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         out = subprocess.run(
-            [os.path.join(self.bindir, "psql"), "-h", self.sockdir, "-p", str(self.port), "-U", "postgres",
-             "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
-            check=True, capture_output=True, text=True,
+            [
+                os.path.join(self.bindir, "psql"),
+                "-h",
+                self.sockdir,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         return out.stdout
 
@@ -157,7 +191,9 @@ def wait_ready(timeout: float = 30) -> None:
     host, port = ensure()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = subprocess.run([os.path.join(bindir(), "pg_isready"), "-h", host, "-p", str(port)], capture_output=True)
+        r = subprocess.run(
+            [os.path.join(bindir(), "pg_isready"), "-h", host, "-p", str(port)], capture_output=True
+        )
         if r.returncode == 0:
             return
         time.sleep(0.1)

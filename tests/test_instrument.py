@@ -73,7 +73,9 @@ def test_opened_in_points_at_the_tests_own_line():
     line, func = rest.split(" in ")
     assert path.endswith("tests/test_instrument.py")
     assert func == "test_opened_in_points_at_the_tests_own_line"
-    source = open(__file__).read().splitlines()[int(line) - 1]
+    from pathlib import Path
+
+    source = Path(__file__).read_text().splitlines()[int(line) - 1]
     assert "the opening line" in source
     assert not any("django/" in frame for frame in record["opened_stack"])
     assert any("django/db/backends" in frame for frame in record["opened_stack_full"])
@@ -147,7 +149,9 @@ def test_thread_that_ends_holding_its_connection_is_reported_abandoned(captured)
     assert record["closes"][-1]["outcome"] == "abandoned"
 
 
-def test_double_close_through_django_is_a_quiet_noop_with_the_earlier_closer(captured, no_warnings, conn_max_age):
+def test_double_close_through_django_is_a_quiet_noop_with_the_earlier_closer(
+    captured, no_warnings, conn_max_age
+):
     """The old workaround: close at request_started, then Django closes again."""
     conn_max_age(60)  # so that only the workaround closes at request start
 
@@ -164,7 +168,7 @@ def test_double_close_through_django_is_a_quiet_noop_with_the_earlier_closer(cap
     connection.close()  # Django's own close
     record = conntrace.history()[-1]
     assert [c["outcome"] for c in record["closes"]] == ["closed", "noop"]
-    assert record["closes"][0]["closed_in"].endswith("in test_double_close_through_django_is_a_quiet_noop_with_the_earlier_closer.<locals>.close_at_request_start")
+    assert record["closes"][0]["closed_in"].endswith(".<locals>.close_at_request_start")
     assert record["close_count"] == 2
     assert not [e for e in captured if e["log_level"] == "warning"]
 
@@ -193,7 +197,11 @@ def test_driver_connection_closed_directly_then_django_close_is_a_double_close(c
 def test_session_killed_by_the_server_then_closed_reports_closed_by_server(captured, pg):
     connection.close()
     open_and_query()
-    backend = connection.connection.info.backend_pid if hasattr(connection.connection, "info") else connection.connection.get_backend_pid()
+    backend = (
+        connection.connection.info.backend_pid
+        if hasattr(connection.connection, "info")
+        else connection.connection.get_backend_pid()
+    )
     pg.psql(f"SELECT pg_terminate_backend({backend})")
     import time
 
@@ -261,19 +269,19 @@ def test_close_error_warning_is_a_user_warning_so_runners_do_not_escalate_it():
 
 def test_errors_outside_closing_are_never_swallowed():
     connection.close()
-    with pytest.raises(Exception, match="syntax error"):
-        with connection.cursor() as cursor:
-            cursor.execute("SELEC 1")
+    with pytest.raises(Exception, match="syntax error"), connection.cursor() as cursor:
+        cursor.execute("SELEC 1")
 
 
 def test_close_inside_atomic_is_recorded_and_the_next_close_is_a_noop():
     connection.close()
-    with pytest.raises(Exception):
-        with transaction.atomic():
-            open_and_query()
-            connection.close()  # only marks the connection inside the block
-            connection.close()
-            open_and_query()  # Django refuses: the connection was closed in the transaction
+    from django.db import OperationalError
+
+    with pytest.raises(OperationalError, match="closed"), transaction.atomic():
+        open_and_query()
+        connection.close()  # only marks the connection inside the block
+        connection.close()
+        open_and_query()  # the driver refuses: the connection was closed in the transaction
     record = conntrace.history()[-1]
     assert [c["outcome"] for c in record["closes"]] == ["closed", "noop"]
     open_and_query()
@@ -282,7 +290,10 @@ def test_close_inside_atomic_is_recorded_and_the_next_close_is_a_noop():
 def test_pooled_close_returns_to_pool():
     from django.db.backends.postgresql.base import DatabaseWrapper
 
-    pooled = DatabaseWrapper({**connections["default"].settings_dict, "OPTIONS": {"pool": {"min_size": 1, "max_size": 2}}}, alias="pooled")
+    pooled = DatabaseWrapper(
+        {**connections["default"].settings_dict, "OPTIONS": {"pool": {"min_size": 1, "max_size": 2}}},
+        alias="pooled",
+    )
     try:
         with pooled.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -348,13 +359,21 @@ def test_no_extra_sql_on_connect(pg):
     def statements_of_one_cycle() -> list[str]:
         connection.close()
         open_and_query()
-        pid = connection.connection.info.backend_pid if hasattr(connection.connection, "info") else connection.connection.get_backend_pid()
+        pid = (
+            connection.connection.info.backend_pid
+            if hasattr(connection.connection, "info")
+            else connection.connection.get_backend_pid()
+        )
         connection.close()
         import time
 
         time.sleep(0.3)
-        log = open(f"{pg.root}/server.log").read().splitlines()
-        return [line.split("statement: ", 1)[1] for line in log if f"[{pid}]" in line and "statement: " in line]
+        from pathlib import Path
+
+        log = Path(pg.root, "server.log").read_text().splitlines()
+        return [
+            line.split("statement: ", 1)[1] for line in log if f"[{pid}]" in line and "statement: " in line
+        ]
 
     pg.psql("ALTER ROLE conntrace_app SET log_statement = 'all'")
     try:
@@ -367,7 +386,9 @@ def test_no_extra_sql_on_connect(pg):
     assert with_conntrace[-1] == "SELECT 1"
 
 
-def test_request_id_bound_by_django_structlog_reaches_the_close_at_request_finished(settings, captured, conn_max_age):
+def test_request_id_bound_by_django_structlog_reaches_the_close_at_request_finished(
+    settings, captured, conn_max_age
+):
     """django-structlog clears its context before request_finished: conntrace remembers it."""
     from django.core.handlers.wsgi import WSGIHandler
     from django.test import RequestFactory
@@ -398,7 +419,8 @@ def test_events_never_contain_the_password(captured):
     connection.close()
     open_and_query()
     connection.connection = FailingClose(
-        connection.connection, connection.Database.OperationalError(f"password={pgserver.APP_PASSWORD} rejected")
+        connection.connection,
+        connection.Database.OperationalError(f"password={pgserver.APP_PASSWORD} rejected"),
     )
     with pytest.warns(CloseErrorWarning) as caught:
         connection.close()
