@@ -1,0 +1,225 @@
+"""Import a WSGI/ASGI application the way a preloading server does; list the connections left open.
+
+A connection still open once the application is imported is inherited by
+every worker that gunicorn ``--preload`` or uWSGI (without ``lazy-apps``)
+forks. Used by ``python -m conntrace preflight MODULE[:ATTR]`` and by the
+``conntrace_preflight`` management command. Exit status: 0 clean, 1 open
+connections found, 2 the target could not be loaded (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import sys
+import traceback
+from typing import Any, TextIO
+
+from conntrace import conf, events, forking, instrument, process, records, stacks
+
+EXIT_CLEAN = 0
+EXIT_OPEN = 1
+EXIT_ERROR = 2
+
+DEFAULT_ATTR = "application"  # gunicorn's default
+BEFORE_INSTALL_NOTE = "opened before conntrace was installed: list 'conntrace' first in INSTALLED_APPS"
+ADVICE = (
+    "A preloading server forks its workers with these connections open and every worker then shares\n"
+    "their sessions. Remove the query at the line above (no queries at import time or in\n"
+    "AppConfig.ready()), or close connections before the fork: end the preloaded module with\n"
+    "django.db.connections.close_all() (with a psycopg pool, also connections[alias].close_pool():\n"
+    "closing only returns a connection to its pool), or do not preload (gunicorn without --preload,\n"
+    "uWSGI with lazy-apps = true)."
+)
+
+
+class PreflightError(Exception):
+    """The target cannot be loaded; the message is one line for the user."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the preflight arguments (shared by the CLI and the management command)."""
+    parser.add_argument(
+        "target",
+        metavar="MODULE[:ATTR]",
+        help=f"the application as the server gets it, e.g. mysite.wsgi:application (ATTR: {DEFAULT_ATTR})",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(
+    target: str, as_json: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
+    """Import ``target``, report the connections it left open, and return the exit status."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        # Whatever the application prints while it loads goes to stderr: stdout carries the report.
+        with contextlib.redirect_stdout(getattr(err, "_out", err)):
+            _start_tracing()
+            _load(target)
+            _settings_changed()
+            found = open_connections()
+    except PreflightError as exc:
+        reason = events.redact(str(exc))
+        _say(err, f"conntrace preflight: {reason}")
+        if as_json:
+            _say(out, json.dumps({"target": target, "error": reason}))
+        return EXIT_ERROR
+    if as_json:
+        _say(out, json.dumps({"target": target, "clean": not found, "open_connections": found}, indent=2))
+    else:
+        _say(out, _text(target, found))
+    return EXIT_OPEN if found else EXIT_CLEAN
+
+
+def _say(stream: TextIO, text: str) -> None:
+    stream.write(text + "\n")
+    stream.flush()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _start_tracing() -> None:
+    """Trace from before the import, whatever the settings say (they may not even be configured yet)."""
+    if process.active:
+        return
+    # Reading CONNTRACE needs Django's settings, which the target module usually sets up itself.
+    conf._cache = {**conf.DEFAULTS, "HIDE_MODULES": ()}
+    instrument.install()
+
+
+def _settings_changed() -> None:
+    """Read the project's own CONNTRACE settings (HIDE_MODULES...) now that they exist."""
+    from django.conf import settings
+
+    if settings.configured:
+        conf.reload()
+        stacks.reset_filter()
+
+
+def _load(target: str) -> Any:
+    module_name, colon, attr = target.partition(":")
+    if not module_name or (colon and not attr):
+        raise PreflightError(f"{target!r} is not MODULE[:ATTR], e.g. mysite.wsgi:application")
+    attr = attr or DEFAULT_ATTR
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)  # as gunicorn does
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise PreflightError(
+                f"no module named {module_name!r} (run this from the directory your server starts in)"
+            ) from None
+        raise PreflightError(_import_failure(module_name, exc)) from None
+    except (Exception, SystemExit) as exc:
+        raise PreflightError(_import_failure(module_name, exc)) from None
+    app: Any = module
+    for part in attr.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise PreflightError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(app):
+        raise PreflightError(
+            f"{module_name}:{attr} is {conf.kind_of(app)}, not a WSGI/ASGI application (not callable)"
+        )
+    return app
+
+
+def _import_failure(module_name: str, exc: BaseException) -> str:
+    try:
+        message = str(exc).strip().splitlines()
+    except Exception:  # an exception whose __str__ raises still gets its one line
+        message = []
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        last = frames[-1]
+        where = f" (at {stacks.frame_filter().short_path(last.filename)}:{last.lineno})"
+    detail = f": {message[0]}" if message else ""
+    return f"importing {module_name!r} raised {type(exc).__name__}{detail}{where}"
+
+
+# --------------------------------------------------------------------------- what is open
+
+
+def open_connections() -> list[dict[str, Any]]:
+    """Return every database connection open in this process now, as plain data."""
+    if process.pending:
+        process.flush_pending()
+    found = [_record_entry(record) for record in records.registry.open_records()]
+    for alias, _, idle in forking._pools():
+        for conn in idle:
+            fields = forking._pooled_fields(alias, _backend_pid(conn), process.pid)
+            found.append({key: fields[key] for key in _KEYS if key in fields} | {"pooled_idle": True})
+    found.extend(_untracked(records.registry.open_records()))
+    return found
+
+
+_KEYS = ("alias", "vendor", "conn_id", "backend_pid", "opened_in", "opened_stack", "thread")
+
+
+def _record_entry(record: records.ConnectionRecord) -> dict[str, Any]:
+    data = record.as_dict()
+    entry = {key: data[key] for key in _KEYS}
+    entry["pooled"] = record.pooled
+    return entry
+
+
+def _backend_pid(conn: Any) -> Any:
+    from conntrace import drivers
+
+    return drivers.backend_pid(conn)
+
+
+def _untracked(tracked: list[records.ConnectionRecord]) -> list[dict[str, Any]]:
+    """Return open connections of this thread that conntrace did not see being opened."""
+    if "django.db" not in sys.modules:
+        return []
+    from django.conf import settings
+    from django.db import connections
+
+    if not settings.configured:
+        return []
+    seen = {id(record) for record in tracked}
+    found = []
+    for wrapper in connections.all(initialized_only=True):
+        if wrapper.connection is None:
+            continue
+        record = instrument.record_of(wrapper)
+        if record is not None and id(record) in seen:
+            continue
+        found.append(
+            {
+                "alias": wrapper.alias,
+                "vendor": wrapper.vendor,
+                "conn_id": None,
+                "backend_pid": _backend_pid(wrapper.connection),
+                "opened_in": None,
+                "opened_stack": [],
+                "thread": process.thread_name(),
+                "note": BEFORE_INSTALL_NOTE,
+            }
+        )
+    return found
+
+
+def _text(target: str, found: list[dict[str, Any]]) -> str:
+    if not found:
+        return f"conntrace preflight: importing {target} left no database connection open: safe to preload."
+    count = f"{len(found)} database connection{'s' if len(found) > 1 else ''}"
+    lines = [f"conntrace preflight: importing {target} left {count} open.", ""]
+    for entry in found:
+        kind = ", idle in its pool" if entry.get("pooled_idle") else ""
+        where = entry["opened_in"] or entry.get("note") or "unknown"
+        lines.append(f"  {entry['alias']} ({entry['vendor']}{kind}), opened in {where}")
+        lines.extend(f"      {frame}" for frame in entry["opened_stack"])
+    lines += ["", ADVICE]
+    return "\n".join(lines)

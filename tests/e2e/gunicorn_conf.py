@@ -1,0 +1,17 @@
+"""The gunicorn configuration fix docs/fork-safety.md gives: close connections in the master before forking.
+
+Closing in the master touches nothing shared: no worker exists yet. (Closing in
+``post_fork``, in each worker, also stops the sharing but sends Terminate on the
+master's socket, ending the master's session.)
+"""
+
+from typing import Any
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    from django.db import connections
+
+    for conn in connections.all(initialized_only=True):
+        conn.close()
+        if hasattr(conn, "close_pool"):
+            conn.close_pool()  # a psycopg pool keeps the sockets of "closed" connections

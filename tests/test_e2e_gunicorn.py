@@ -1,0 +1,196 @@
+"""The original bug, end to end: gunicorn --preload, 4 sync workers, pgbouncer, CONN_MAX_AGE.
+
+The project in ``tests/e2e`` reads a ``Setting`` while Django starts, so the
+gunicorn master holds a connection when it forks its workers. Every request
+asks PostgreSQL to echo a token of its own (after a short ``pg_sleep``, so that
+workers' queries overlap) and the body is checked: on a shared session a worker
+can answer with another request's row and status 200. Without conntrace, or
+with ``FORK_POLICY="warn"``, requests fail; with ``"reset"`` none does.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import pgserver
+from tests.conftest import named
+from tests.e2e import db as e2e_db
+from tests.pgbouncer import PgBouncer
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = 4
+REQUESTS = 400
+CONCURRENCY = 16
+LOAD_DEADLINE_S = 40
+IMPORT_TIME_LINE = "tests/e2e/branding/site.py:9 in <module>"
+SERVER_ERROR = re.compile(r"Traceback|\[ERROR\]|Internal Server Error|WORKER TIMEOUT")
+
+
+@pytest.fixture(scope="module")
+def bouncer() -> Iterator[PgBouncer]:
+    """Give a pgbouncer (session pooling) in front of the test PostgreSQL, and the project's database."""
+    e2e_db.create()
+    with PgBouncer(pool_mode="session") as running:
+        yield running
+
+
+class Run:
+    """One gunicorn run under load: what the clients saw, the server's log and conntrace's events."""
+
+    def __init__(self, outcomes: Counter[str], server_log: str, events: list[dict[str, Any]]) -> None:
+        self.outcomes = outcomes
+        self.server_log = server_log
+        self.events = events
+        self.server_errors = len(SERVER_ERROR.findall(server_log))
+        self.failed = REQUESTS - outcomes["ok"]
+        self.master_pid = int(re.search(r"Listening at: \S+ \((\d+)\)", server_log).group(1))
+        self.worker_pids = {int(p) for p in re.findall(r"Booting worker with pid: (\d+)", server_log)}
+
+    def summary(self) -> str:
+        return (
+            f"{self.failed}/{REQUESTS} requests failed {dict(self.outcomes)}, "
+            f"{self.server_errors} errors in the server log, {len(self.worker_pids)} workers forked"
+        )
+
+
+def request(port: int, deadline: float, index: int) -> str:
+    """Send one request; return ``ok``, ``wrong_body``, ``status_<n>``, ``error_<type>`` or ``not_sent``."""
+    if time.monotonic() > deadline:
+        return "not_sent"
+    token = f"r{index}-{uuid.uuid4().hex[:12]}"
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        client.request("GET", f"/echo/{token}/")
+        response = client.getresponse()
+        body = response.read().decode(errors="replace")
+    except Exception as exc:
+        return f"error_{type(exc).__name__}"
+    finally:
+        client.close()
+    if response.status != 200:
+        return f"status_{response.status}"
+    return "ok" if body == token else "wrong_body"
+
+
+def wait_listening(port: int, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("gunicorn exited")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("gunicorn did not start listening")
+
+
+def serve_and_load(
+    bouncer: PgBouncer, tmp_path: Path, installed: bool, policy: str, config: str | None = None
+) -> Run:
+    """Run gunicorn with --preload in front of pgbouncer, fire the requests, stop it and collect."""
+    label = f"{'on' if installed else 'off'}-{policy}{'-conf' if config else ''}"
+    event_log = tmp_path / f"events-{label}.jsonl"
+    server_log = tmp_path / f"gunicorn-{label}.log"
+    port = pgserver.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.e2e.settings",
+        PYTHONPATH=str(ROOT),
+        CONNTRACE_E2E_DBHOST=bouncer.host,
+        CONNTRACE_E2E_DBPORT=str(bouncer.port),
+        CONNTRACE_E2E_INSTALLED="1" if installed else "0",
+        CONNTRACE_E2E_FORK_POLICY=policy,
+        CONNTRACE_E2E_LOG=str(event_log),
+    )
+    command = [
+        sys.executable, "-m", "gunicorn", "tests.e2e.wsgi:application",
+        "--preload", "--workers", str(WORKERS), "--worker-class", "sync",
+        "--bind", f"127.0.0.1:{port}", "--timeout", "5", "--graceful-timeout", "3",
+        *(["--config", config] if config else []),
+    ]  # fmt: skip
+    with open(server_log, "wb") as log:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(port, server)
+            deadline = time.monotonic() + LOAD_DEADLINE_S
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                outcomes = Counter(pool.map(lambda i: request(port, deadline, i), range(REQUESTS)))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    events = [json.loads(line) for line in event_log.read_text().splitlines()] if event_log.exists() else []
+    return Run(outcomes, server_log.read_text(errors="replace"), events)
+
+
+def test_preloaded_workers_fail_without_the_reset_and_never_with_it(bouncer, tmp_path):
+    without = serve_and_load(bouncer, tmp_path, installed=False, policy="reset")
+    warned = serve_and_load(bouncer, tmp_path, installed=True, policy="warn")
+    reset = serve_and_load(bouncer, tmp_path, installed=True, policy="reset")
+    print(f"\nwithout conntrace: {without.summary()}")
+    print(f"FORK_POLICY warn:  {warned.summary()}")
+    print(f"FORK_POLICY reset: {reset.summary()}")
+    assert pgserver.APP_PASSWORD not in without.server_log + warned.server_log + reset.server_log
+
+    # The bug is real: requests fail, some of them silently (another request's row, status 200).
+    assert without.failed > 0
+    assert warned.failed > 0
+    assert without.events == []
+
+    # warn names the import-time line at every fork, in the master, before any worker fails.
+    warn_at_fork = named(warned.events, "connection_open_at_fork")
+    assert len(warn_at_fork) == len(warned.worker_pids) >= WORKERS
+    assert {e["pid"] for e in warn_at_fork} == {warned.master_pid}
+    assert all(e["opened_in"] == IMPORT_TIME_LINE and e["level"] == "warning" for e in warn_at_fork)
+
+    # reset: no failure at all, one report per worker naming the line, one per fork in the master.
+    assert reset.outcomes == Counter(ok=REQUESTS)
+    assert reset.server_errors == 0
+    assert len(reset.worker_pids) == WORKERS
+    at_fork = named(reset.events, "connection_open_at_fork")
+    inherited = named(reset.events, "connection_fork_inherited")
+    assert len(at_fork) == WORKERS
+    assert {e["pid"] for e in at_fork} == {reset.master_pid}
+    assert sorted(e["pid"] for e in inherited) == sorted(reset.worker_pids)
+    for event in at_fork + inherited:
+        assert event["opened_in"] == IMPORT_TIME_LINE
+        assert event["opened_by_pid"] == reset.master_pid
+    for event in inherited:
+        assert event["level"] == "error"
+        assert event["policy"] == "reset"
+    assert "Setting.objects.get" in (ROOT / "tests/e2e/branding/site.py").read_text().splitlines()[8]
+    assert not named(reset.events, "connection_double_close")
+    assert not named(reset.events, "connection_inherited_used")
+    assert pgserver.APP_PASSWORD not in json.dumps(reset.events + warned.events)
+
+
+def test_the_documented_gunicorn_fix_works_without_conntrace(bouncer, tmp_path):
+    """docs/fork-safety.md: close connections in the master's pre_fork hook (tests/e2e/gunicorn_conf.py)."""
+    fixed = serve_and_load(
+        bouncer, tmp_path, installed=False, policy="reset", config="python:tests.e2e.gunicorn_conf"
+    )
+    print(f"\nwithout conntrace, pre_fork closes: {fixed.summary()}")
+    assert fixed.outcomes == Counter(ok=REQUESTS)
+    assert fixed.server_errors == 0
