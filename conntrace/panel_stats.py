@@ -1,0 +1,194 @@
+"""The Connections panel's stats: what one request did with each connection, as plain JSON data.
+
+The toolbar's store keeps stats as JSON (tuples come back as lists, non-string
+keys are dropped), so the stats are lists and string-keyed dicts only, and the
+panel renders the same from a live request and from the store.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from conntrace import conf, drivers, process, records
+from conntrace import panel_tracking as tracking
+
+STATS_VERSION = 1
+WARNING_OUTCOMES = (records.ALREADY_CLOSED, records.FAILED, records.ABANDONED)
+
+
+def build_stats(session: Optional[tracking.Session], request_end: Optional[str] = None) -> dict[str, Any]:
+    """Return the panel's stats: JSON-safe (lists, string keys), so the toolbar's store keeps them intact."""
+    if session is None:
+        return {
+            "version": STATS_VERSION,
+            "installed": False,
+            "connections": [],
+            "others": [],
+            "process": _process_facts(),
+            "counts": {"opened": 0, "reused": 0, "warnings": 0},
+            "request_end": "none",
+        }
+    now = time.monotonic()
+    downgrade = conf.get()["DOWNGRADE_CLOSE_ERRORS"]
+    entries = [_connection_entry(touch, session, now, downgrade) for touch in session.touched.values()]
+    pending = any(e["at_request_end"] in ("closes", "checked") for e in entries)
+    if request_end is None:
+        session.end_pending = pending
+        request_end = "pending" if pending else "none"
+    others = [
+        _other_entry(record, now)
+        for record in records.registry.open_records()
+        if record.conn_id not in session.touched and not tracking.opened_by_toolbar(record)
+    ]
+    return {
+        "version": STATS_VERSION,
+        "installed": True,
+        "connections": entries,
+        "others": others,
+        "process": _process_facts(),
+        "counts": {
+            "opened": sum(1 for e in entries if e["origin"] != tracking.EARLIER),
+            "reused": sum(1 for e in entries if e["origin"] == tracking.EARLIER),
+            "warnings": sum(e["warnings"] for e in entries),
+        },
+        "request_end": request_end,
+    }
+
+
+def _connection_entry(
+    touch: tracking.Touch, session: tracking.Session, now: float, downgrade: bool
+) -> dict[str, Any]:
+    record = touch.record
+    data = record.as_dict()
+    for index, close in enumerate(data["closes"]):
+        close["by_django"] = _django_closer(close["stack_full"])
+        if close["by_django"] and "close_old_connections" in close["by_django"]:
+            close["closed_in"] = None  # every frame is Django's or the server's: no line of the user's
+        if index < touch.closes_before:
+            close["when"] = "before this request"
+        elif touch.closes_at_stats is not None and index >= touch.closes_at_stats:
+            close["when"] = "at request end"
+        else:
+            close["when"] = "during this request"
+    data["origin"] = touch.origin
+    data["opened_by_pid"] = record.pid
+    data["opened_thread"] = data.pop("thread")
+    data["opened_before_s"] = round(max(session.started_mono - record.opened_mono, 0.0), 3)
+    data["opened_by_other_process"] = record.pid != process.pid
+    data["driver_closed_by"] = None
+    data["at_request_end"] = None
+    if record.state == records.OPEN:
+        wrapper = record.wrapper_ref() if record.wrapper_ref is not None else None
+        if wrapper is not None and wrapper.connection is not None:
+            data["driver_closed_by"] = _driver_closed_by(wrapper.connection)
+            data["at_request_end"] = _fate_at_request_end(wrapper, now)
+    badges, warnings = _badges(data, downgrade)
+    data["badges"] = badges
+    data["warnings"] = warnings
+    return data
+
+
+def _django_closer(stack: list[str]) -> Optional[str]:
+    """Name Django's own machinery when it made the close (its frames are hidden from ``closed_in``)."""
+    text = "\n".join(stack)
+    if " in close_old_connections" in text:
+        if " in HttpResponseBase.close" in text:
+            return "Django's close_old_connections at request_finished"
+        return "Django's close_old_connections"
+    if " in ConnectionHandler.close_all" in text:
+        return "Django's connections.close_all()"
+    return None
+
+
+def _driver_closed_by(conn: Any) -> Optional[str]:
+    try:
+        return drivers.closed_state(conn)  # looks at the driver and the socket; sends nothing
+    except Exception:
+        return None
+
+
+def _fate_at_request_end(wrapper: Any, now: float) -> str:
+    """Say what Django's close_old_connections will do with this connection when the request ends."""
+    if wrapper.autocommit != wrapper.settings_dict.get("AUTOCOMMIT", True):
+        return "closes"
+    if wrapper.close_at is not None and now >= wrapper.close_at:
+        return "closes"
+    if wrapper.errors_occurred:
+        return "checked"
+    return "kept"
+
+
+def _badges(data: dict[str, Any], downgrade: bool) -> tuple[list[dict[str, str]], int]:
+    badges: list[dict[str, str]] = []
+    warnings = 0
+    outcomes = [close["outcome"] for close in data["closes"]]
+    for close in data["closes"]:
+        if close["outcome"] in WARNING_OUTCOMES:
+            warnings += 1
+    if records.ALREADY_CLOSED in outcomes:
+        who = next(c["closed_by"] for c in data["closes"] if c["outcome"] == records.ALREADY_CLOSED)
+        badges.append(
+            _badge("double-close", "double close", f"closed again after the {who or 'driver'} had closed it")
+        )
+    if records.FAILED in outcomes:
+        label = "close error downgraded" if downgrade else "close error"
+        badges.append(_badge("close-failed", label, "the driver raised while closing"))
+    if records.ABANDONED in outcomes:
+        badges.append(_badge("abandoned", "abandoned", "its wrapper was garbage-collected while open"))
+    if data["inherited"]:
+        warnings += 1
+        badges.append(
+            _badge(
+                "fork-inherited", "fork-inherited", f"opened by process {data['opened_by_pid']} before a fork"
+            )
+        )
+    if data["driver_closed_by"] and records.ALREADY_CLOSED not in outcomes:
+        warnings += 1
+        badges.append(
+            _badge(
+                "driver-closed",
+                "driver closed behind Django's back",
+                f"closed by the {data['driver_closed_by']}; Django's next close is a double close",
+            )
+        )
+    if records.NOOP in outcomes:
+        badges.append(_badge("repeat-close", "repeat close (no-op)", "Django's wrapper was already closed"))
+    if data["origin"] == tracking.TOOLBAR:
+        badges.append(
+            _badge("toolbar", "opened by the toolbar's store", "the debug toolbar's DatabaseStore opened it")
+        )
+    return badges, warnings
+
+
+def _badge(kind: str, label: str, title: str) -> dict[str, str]:
+    return {"kind": kind, "label": label, "title": title}
+
+
+def _other_entry(record: records.ConnectionRecord, now: float) -> dict[str, Any]:
+    return {
+        "conn_id": record.conn_id,
+        "alias": record.alias,
+        "vendor": record.vendor,
+        "thread": record.thread,
+        "pid": record.pid,
+        "backend_pid": record.backend_pid,
+        "age_s": round(now - record.opened_mono, 3),
+        "opened_in": record.opened_in(),
+        "opened_stack": record.opened_stack(),
+        "inherited": record.inherited,
+    }
+
+
+def _process_facts() -> dict[str, Any]:
+    held = [r for r in records.registry.open_records() if r.inherited]
+    discarded = [r for r in records.registry.ended_records() if r.inherited]
+    return {
+        "pid": process.pid,
+        "parent_pid": process.parent_pid,
+        "fork_policy": conf.get()["FORK_POLICY"],
+        "forked_child": process.fork_gen > 0,
+        "inherited_held": len(held),
+        "inherited_discarded": len(discarded),
+        "recording": process.active,
+    }

@@ -1,0 +1,106 @@
+"""The Connections panel as a person sees it: the demo served by ``demo/run.sh``, in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "demo"
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def line_of(path: Path, text: str, after: str) -> int:
+    """Return the number of the first line holding ``text`` after the line holding ``after``."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if after in line)
+    return next(i for i, line in enumerate(lines) if i > start and text in line) + 1
+
+
+@pytest.fixture
+def demo_url(tmp_path: Path) -> Iterator[str]:
+    """Serve the demo with its own command (``demo/run.sh``), on SQLite, on a free loopback port."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")}
+    env.update(
+        DEMO_PYTHON=sys.executable,  # the test environment already has conntrace's dependencies
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        DEMO_PORT=str(port),
+        DEMO_SQLITE_PATH=str(tmp_path / "demo.sqlite3"),
+        DEMO_LOG_LEVEL="warning",
+    )
+    with open(tmp_path / "demo.log", "w") as log:
+        server = subprocess.Popen(
+            ["bash", str(DEMO / "run.sh"), "--noreload"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, (tmp_path / "demo.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the demo did not start"
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()  # run.sh exec'd runserver: this is the server itself
+        server.wait(10)
+
+
+@pytest.mark.slow
+def test_double_close_page_shows_the_row_the_badge_and_the_opening_line(demo_url):
+    opening_line = line_of(DEMO / "shop" / "views.py", "Setting.objects", after="def double_close(")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{demo_url}/double-close/")
+            button = page.locator("#djDebugPanelList a.ConnectionsPanel")
+            # Rendered before the request ended: the driver connection was already closed, one warning.
+            expect(button).to_contain_text("1 opened · 0 reused · 1 warning")
+            button.click()
+            row = page.locator("#ConnectionsPanel tr.conntrace-connection")
+            expect(row).to_have_count(1)
+            expect(row).to_be_visible()
+            expect(row.locator("td").nth(1)).to_have_text("default")
+            badge = row.locator(".conntrace-badge.conntrace-double-close")
+            expect(badge).to_be_visible()
+            expect(badge).to_have_text("double close")
+            opened_in = row.locator(".conntrace-opened-in > code")
+            expect(opened_in).to_be_visible()
+            expect(opened_in).to_have_text(f"shop/views.py:{opening_line} in double_close")
+            # The close that ended the request, after the toolbar rendered, is there too.
+            expect(row).to_contain_text("already_closed")
+            expect(row).to_contain_text("at request end")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "panel-double-close.png"))
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "panel-double-close.png").stat().st_size > 10_000
