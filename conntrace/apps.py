@@ -27,10 +27,11 @@ class ConntraceConfig(AppConfig):
 
 
 def _apply_enabled() -> None:
-    from conntrace import conf, instrument, process
+    from conntrace import conf, instrument, process, records
 
     if conf.get()["ENABLED"]:
         if not process.active:
             instrument.install()
+        records.registry.resize(conf.get()["MAX_RECORDS"])  # install() alone skips it when active
     elif process.active:
         instrument.uninstall()

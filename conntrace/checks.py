@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from django.conf import settings
@@ -29,7 +30,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     if not isinstance(user, dict):
         return [
             Error(
-                f"CONNTRACE must be a dict, not a {type(user).__name__}.",
+                f"CONNTRACE must be a dict, not {conf.kind_of(user)}.",
                 hint='Write CONNTRACE = {"FORK_POLICY": "reset"} (or leave it out for the defaults).',
                 id="conntrace.E001",
             )
@@ -38,10 +39,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     for key in user:
         if key not in conf.DEFAULTS:
             known = ", ".join(sorted(conf.DEFAULTS))
+            close = difflib.get_close_matches(str(key).upper(), conf.DEFAULTS, n=1)
+            guess = f"Did you mean {close[0]!r}? " if close else ""
             errors.append(
                 Error(
                     f"CONNTRACE has an unknown key {key!r}.",
-                    hint=f"Remove it, or use one of: {known}.",
+                    hint=f"{guess}Remove it, or use one of: {known}.",
                     id="conntrace.E002",
                 )
             )

@@ -43,7 +43,7 @@ def value_problem(key: str, value: Any) -> str | None:
     if isinstance(value, bool) and bool not in types:
         return "a boolean"
     if not isinstance(value, types):
-        return f"a {type(value).__name__}"
+        return kind_of(value)
     if key == "STACK_DEPTH" and not 1 <= value <= 200:
         return f"{value}"
     if key == "MAX_RECORDS" and not 0 <= value <= 1_000_000:
@@ -55,6 +55,14 @@ def value_problem(key: str, value: Any) -> str | None:
     if key == "FORK_POLICY" and value not in FORK_POLICIES:
         return repr(value)
     return None
+
+
+def kind_of(value: Any) -> str:
+    """Return "None", "an int", "a str"... for a message."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _read() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from typing import Any, Optional
 
 import structlog
@@ -66,9 +67,15 @@ class _LevelGate:
 
     def enabled(self, level: int) -> bool:
         config = structlog._config._CONFIG
-        key = (config.is_configured, config.default_wrapper_class, config.logger_factory)
-        if key != self.key:
-            self.refresh(key)
+        key = self.key
+        # Compared field by field, without building a tuple: this runs on every connect and close.
+        if (
+            key is None
+            or key[0] is not config.is_configured
+            or key[1] is not config.default_wrapper_class
+            or key[2] is not config.logger_factory
+        ):
+            self.refresh((config.is_configured, config.default_wrapper_class, config.logger_factory))
         if level < self.min_level:
             return False
         if self.stdlib_logger is not None:
@@ -118,14 +125,27 @@ def internal_error(where: str, exc: BaseException) -> None:
     if key in _reported:
         return
     _reported.add(key)
-    fields = {"where": where, "error_type": type(exc).__name__, "error": redact(str(exc))}
+    fields = {"where": where, "error_type": type(exc).__name__, "error": error_text(exc)}
+    line = "{} where={} error_type={} error={}".format(INTERNAL_ERROR, *fields.values())
     try:
         structlog.get_logger(conf.get()["LOGGER_NAME"]).error(INTERNAL_ERROR, **fields)
     except Exception:
         try:
-            _fallback_log.error("%s where=%s error_type=%s error=%s", INTERNAL_ERROR, *fields.values())
+            _fallback_log.error("%s", line)
         except Exception:
-            pass
+            # The logging pipeline itself is what fails: a last resort, as logging's own handleError().
+            try:
+                sys.stderr.write(line + "\n")
+            except Exception:
+                pass
+
+
+def error_text(exc: BaseException) -> str:
+    """Return ``str(exc)`` without secrets, or a placeholder when the exception cannot be printed."""
+    try:
+        return redact(str(exc))
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
 
 
 def reset_internal_errors() -> None:

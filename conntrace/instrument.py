@@ -13,6 +13,7 @@ conntrace is reported once and the database call goes on unchanged.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import warnings
 import weakref
@@ -28,6 +29,8 @@ from conntrace.exceptions import CloseErrorWarning
 
 MARK = "_conntrace_original"
 RECORD_ATTR = "_conntrace_record"
+# Set by the fork hook (policy "raise") on a wrapper whose inherited connection it discarded.
+INHERITED_ATTR = "_conntrace_inherited"
 DEBUG = logging.DEBUG
 WARNING = logging.WARNING
 
@@ -35,25 +38,41 @@ WARNING = logging.WARNING
 _covered: dict[str, Callable[..., Any]] = {}
 # id(weakref to a wrapper) -> record of the connection that wrapper holds open.
 _watched: dict[int, records.ConnectionRecord] = {}
+# Listeners of a debugging tool (the toolbar panel): observer(kind, wrapper, record) with kind
+# "opened", "used" or "closed". Empty in normal operation, so the hot paths pay one truth test.
+observers: list[Callable[[str, Any, records.ConnectionRecord], None]] = []
+
+
+def _notify(kind: str, wrapper: Any, record: records.ConnectionRecord) -> None:
+    for observer in list(observers):
+        try:
+            observer(kind, wrapper, record)
+        except Exception as exc:
+            events.internal_error("observer", exc)
 
 
 # --------------------------------------------------------------------------- recording
 
 
 def _open_record(wrapper: Any) -> records.ConnectionRecord:
-    settings = conf.get()
+    """Prepare the record before the real connect: the code after it meets cold caches."""
     record = records.ConnectionRecord(
-        alias=wrapper.alias,
-        vendor=wrapper.vendor,
-        pid=process.pid,
-        thread=process.thread_name(),
-        opened_at=time.time(),
-        opened_mono=time.monotonic(),
+        wrapper.alias,
+        wrapper.vendor,
+        process.pid,
+        process.thread_name(),
+        time.time(),
+        time.monotonic(),
         # Skip this function and the connect wrapper: start at connect's caller.
-        stack=stacks.capture(settings["STACK_DEPTH"], skip=2),
-        fork_gen=process.fork_gen,
+        stacks.capture(conf.get()["STACK_DEPTH"], skip=2),
+        process.fork_gen,
     )
-    _snapshot_context(record)
+    record.pooled = bool(wrapper.settings_dict.get("OPTIONS", {}).get("pool"))
+    record.wrapper_ref = weakref.ref(wrapper, _on_wrapper_gone)
+    if _STRUCTLOG_VARS is None or _STRUCTLOG_VARS:
+        _snapshot_context(record)
+    else:
+        record.context_gen = process.request_gen  # nothing was ever bound: nothing to copy
     return record
 
 
@@ -71,7 +90,8 @@ def _on_wrapper_gone(ref: weakref.ref) -> None:
     process.pending.append(lambda: events.emit(WARNING, events.CONNECTION_ABANDONED, anomaly_fields(record)))
 
 
-def _connected(wrapper: Any, record: records.ConnectionRecord) -> None:
+def _connected(wrapper: Any, record: records.ConnectionRecord, debug: bool) -> None:
+    """Register the new session; ``debug`` was asked before the connect, while caches were warm."""
     conn = wrapper.connection
     if conn is None:
         return
@@ -81,14 +101,13 @@ def _connected(wrapper: Any, record: records.ConnectionRecord) -> None:
         _forget(previous)
         _on_abandon_now(previous)
     record.backend_pid = drivers.backend_pid(conn)
-    record.pooled = bool(wrapper.settings_dict.get("OPTIONS", {}).get("pool"))
-    ref = weakref.ref(wrapper, _on_wrapper_gone)
-    record.wrapper_ref = ref
-    _watched[id(ref)] = record
+    _watched[id(record.wrapper_ref)] = record
     wrapper.__dict__[RECORD_ATTR] = record
     records.registry.opened(record)
-    if events.enabled(DEBUG):
+    if debug:
         events.emit(DEBUG, events.CONNECTION_OPENED, base_fields(record))
+    if observers:
+        _notify("opened", wrapper, record)
 
 
 def _on_abandon_now(record: records.ConnectionRecord) -> None:
@@ -107,18 +126,17 @@ def _forget(record: records.ConnectionRecord) -> None:
         record.wrapper_ref = None
 
 
-def _closed(
-    wrapper: Any,
-    record: records.ConnectionRecord,
-    attempt: records.CloseAttempt,
-    exc: Optional[BaseException],
-) -> None:
-    record.add_close(attempt)
-    if attempt.outcome == records.NOOP:
-        return
+def _end(record: records.ConnectionRecord) -> None:
     record.closed_mono = time.monotonic()
     _forget(record)
     records.registry.ended(record)
+
+
+def _report_close(
+    record: records.ConnectionRecord, attempt: records.CloseAttempt, exc: Optional[BaseException]
+) -> None:
+    if attempt.outcome == records.NOOP:
+        return
     if exc is not None:
         fields = anomaly_fields(record)
         fields.update(error_type=attempt.error_type, error=attempt.error, downgraded=True)
@@ -167,9 +185,25 @@ def anomaly_fields(record: records.ConnectionRecord) -> dict[str, Any]:
     return fields
 
 
+# structlog keeps one ContextVar per key ever bound, here: reading those few is much
+# cheaper than get_contextvars(), which walks every context variable of the process.
+_STRUCTLOG_VARS: Optional[dict[str, Any]] = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+_STRUCTLOG_PREFIX_LEN = len(getattr(structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "structlog_"))
+
+
 def _snapshot_context(record: records.ConnectionRecord) -> None:
     record.context_gen = process.request_gen
-    context = structlog.contextvars.get_contextvars()
+    variables = _STRUCTLOG_VARS
+    if variables is None:
+        context = structlog.contextvars.get_contextvars()
+    elif not variables:
+        return  # nothing was ever bound
+    else:
+        context = {}
+        for name, var in list(variables.items()):
+            value = var.get(Ellipsis)
+            if value is not Ellipsis:
+                context[name[_STRUCTLOG_PREFIX_LEN:]] = value
     if context:
         record.context = context
 
@@ -182,10 +216,12 @@ def _wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         if not process.active:
             return original(self)
         record = None
+        debug = False
         try:
             if process.pending:
                 process.flush_pending()
             record = _open_record(self)
+            debug = events.enabled(DEBUG)
         except Exception as exc:
             events.internal_error("connect", exc)
         try:
@@ -193,7 +229,7 @@ def _wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         finally:
             if record is not None:
                 try:
-                    _connected(self, record)
+                    _connected(self, record, debug)
                 except Exception as exc:
                     events.internal_error("connect", exc)
 
@@ -207,12 +243,19 @@ def _wrap_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         # Django's own check, run first so that its error is never mistaken for a close error.
         self.validate_thread_sharing()
         record = attempt = None
+        report = False
+        # Closing a connection inherited under FORK_POLICY "raise" is the correct handling: no error after.
+        self.__dict__.pop(INHERITED_ATTR, None)
         try:
             if process.pending:
                 process.flush_pending()
             record = self.__dict__.get(RECORD_ATTR)
             if record is not None:
                 attempt = _start_close(self, record)
+                outcome = attempt.outcome
+                report = outcome != records.NOOP and (
+                    outcome == records.ALREADY_CLOSED or events.enabled(DEBUG)
+                )
         except Exception as exc:
             events.internal_error("close", exc)
             record = None
@@ -225,7 +268,8 @@ def _wrap_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
                 raise
             _downgrade(self, record, exc)
             return None
-        if record is not None and attempt is not None:
+        # A normal close with debug events dropped ends here, with nothing left to do.
+        if (report or observers) and record is not None and attempt is not None:
             _finish_close(self, record, attempt, None)
         return result
 
@@ -247,7 +291,18 @@ def _start_close(wrapper: Any, record: records.ConnectionRecord) -> records.Clos
             outcome = records.RETURNED_TO_POOL
         else:
             outcome = records.CLOSED
-    return records.CloseAttempt(time.time(), process.pid, process.thread_name(), stack, outcome, closed_by)
+    attempt = records.CloseAttempt(time.time(), process.pid, process.thread_name(), stack, outcome, closed_by)
+    # The bookkeeping is done here, before the real close: the code after it meets cold
+    # caches (see docs/performance.md). Inlined _end(), as this runs on every close.
+    record.add_close(attempt)
+    if outcome != records.NOOP:
+        record.closed_mono = time.monotonic()
+        ref = record.wrapper_ref
+        if ref is not None:
+            _watched.pop(id(ref), None)
+            record.wrapper_ref = None
+        records.registry.ended(record)
+    return attempt
 
 
 def _finish_close(
@@ -258,10 +313,15 @@ def _finish_close(
 ) -> None:
     try:
         if exc is not None:
+            predicted_noop = attempt.outcome == records.NOOP
             attempt.outcome = records.FAILED
             attempt.error_type = type(exc).__name__
-            attempt.error = events.redact(str(exc))
-        _closed(wrapper, record, attempt, exc)
+            attempt.error = events.error_text(exc)
+            if predicted_noop:
+                _end(record)  # the driver's close ran after all: _closing() did not end it
+        _report_close(record, attempt, exc)
+        if observers:
+            _notify("closed", wrapper, record)
     except Exception as internal:
         events.internal_error("close", internal)
 
@@ -278,17 +338,32 @@ def _downgrade(wrapper: Any, record: Optional[records.ConnectionRecord], exc: Ba
     warnings.warn(
         CloseErrorWarning(
             f"conntrace: closing database connection {wrapper.alias!r}{where} raised "
-            f"{type(exc).__name__}: {events.redact(str(exc))}; downgraded to this warning"
+            f"{type(exc).__name__}: {events.error_text(exc)}; downgraded to this warning"
         ),
-        stacklevel=3,
+        stacklevel=_caller_stacklevel(),
     )
+
+
+def _caller_stacklevel() -> int:
+    """Return the ``stacklevel`` that points a warning at the first frame outside Django and conntrace."""
+    filter_ = stacks.frame_filter()
+    frame = sys._getframe(2)  # the caller of _downgrade's caller
+    level = 2
+    try:
+        while frame is not None and filter_.is_plumbing_or_django(frame.f_code.co_filename):
+            frame = frame.f_back
+            level += 1
+    finally:
+        del frame
+    return level
 
 
 def _wrap_ensure_connection(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def ensure_connection(self: Any) -> Any:
         if process.active and self.connection is not None:
             record = self.__dict__.get(RECORD_ATTR)
-            if record is not None:
+            # An ended record here is the one connect() is replacing (it calls ensure_connection).
+            if record is not None and record.state == records.OPEN:
                 if record.fork_gen != process.fork_gen:
                     from conntrace import forking
 
@@ -298,6 +373,12 @@ def _wrap_ensure_connection(original: Callable[[Any], Any]) -> Callable[[Any], A
                         _snapshot_context(record)
                     except Exception as exc:
                         events.internal_error("use", exc)
+                if observers:
+                    _notify("used", self, record)
+        elif process.active and INHERITED_ATTR in self.__dict__:
+            from conntrace import forking
+
+            forking.on_discarded_use(self)
         return original(self)
 
     return ensure_connection

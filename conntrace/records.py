@@ -203,8 +203,10 @@ class Registry:
 
     def ended(self, record: ConnectionRecord) -> None:
         """Move a record from the open set to the history (idempotent)."""
+        # Ended even when no longer listed (after clear()): an OPEN state left behind
+        # would make the wrapper's next connect report this closed session as abandoned.
+        record.state = ENDED
         if self.live.pop(record.conn_id, None) is not None:
-            record.state = ENDED
             self.history.append(record)
 
     def open_records(self) -> list[ConnectionRecord]:

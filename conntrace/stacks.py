@@ -48,6 +48,9 @@ DEFAULT_HIDDEN_MODULES = (
 )
 
 
+# Bound on the per-file caches, so that memory stays flat whatever code runs.
+MAX_CACHED_FILES = 4096
+
 _ASYNC_UNSAFE = os.path.join("django", "utils", "asyncio.py")
 
 
@@ -86,7 +89,8 @@ def _module_prefixes(modules: Iterable[str]) -> tuple[str, ...]:
     for name in modules:
         try:
             spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError, AttributeError):
+        except Exception:
+            # Also a parent package that raises at import: a bad HIDE_MODULES entry hides nothing.
             continue
         if spec is None:
             continue
@@ -104,6 +108,7 @@ class FrameFilter:
         self.hidden_prefixes = _module_prefixes((*DEFAULT_HIDDEN_MODULES, *extra_hidden))
         self.stdlib_prefixes = _stdlib_prefixes()
         self._plumbing = _module_prefixes(("conntrace", "django.db.backends", "django.db.utils"))
+        self._django = _module_prefixes(("django",))
         self._hidden_by_file: dict[str, bool] = {}
         self._short_by_file: dict[str, str] = {}
         try:
@@ -116,6 +121,8 @@ class FrameFilter:
         hidden = self._hidden_by_file.get(filename)
         if hidden is None:
             hidden = self._compute_hidden(filename)
+            if len(self._hidden_by_file) >= MAX_CACHED_FILES:
+                self._hidden_by_file.clear()  # generated code can have a new file name per call
             self._hidden_by_file[filename] = hidden
         return hidden
 
@@ -135,6 +142,8 @@ class FrameFilter:
             short = filename
             if self._cwd and filename.startswith(self._cwd):
                 short = filename[len(self._cwd) :]
+            if len(self._short_by_file) >= MAX_CACHED_FILES:
+                self._short_by_file.clear()
             self._short_by_file[filename] = short
         return short
 
@@ -157,6 +166,10 @@ class FrameFilter:
         if visible:
             return visible
         return [self.format_frame(raw) for raw in stack if not self._is_plumbing(raw[0].co_filename)]
+
+    def is_plumbing_or_django(self, filename: str) -> bool:
+        """Return True for frames of conntrace and of Django itself."""
+        return filename.startswith(self._django) or self._is_plumbing(filename)
 
     def _is_plumbing(self, filename: str) -> bool:
         """Return True for conntrace's and Django's DB-connection frames."""

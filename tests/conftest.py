@@ -26,6 +26,9 @@ def conntrace_state() -> Iterator[None]:
     events.reset_internal_errors()
     yield
     process.flush_pending()
+    # A test may configure structlog; the next one starts from structlog's defaults again.
+    structlog.reset_defaults()
+    events.reset()
     if was_installed:
         conntrace.install()
     else:

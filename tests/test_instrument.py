@@ -238,8 +238,9 @@ def test_close_error_is_downgraded_to_a_warning(captured):
     open_and_query()
     error = connection.Database.InterfaceError("connection already closed")
     connection.connection = FailingClose(connection.connection, error)
-    with pytest.warns(CloseErrorWarning, match="InterfaceError: connection already closed"):
-        connection.close()
+    with pytest.warns(CloseErrorWarning, match="InterfaceError: connection already closed") as caught:
+        connection.close()  # the warning points here, not into Django
+    assert caught[0].filename == __file__
     assert connection.connection is None
     [event] = named(captured, "connection_close_failed")
     assert event["error_type"] == "InterfaceError"
