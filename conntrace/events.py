@@ -65,25 +65,10 @@ class _LevelGate:
             else:
                 self.min_level = logging.CRITICAL + 1
 
-    def enabled(self, level: int) -> bool:
-        config = structlog._config._CONFIG
-        key = self.key
-        # Compared field by field, without building a tuple: this runs on every connect and close.
-        if (
-            key is None
-            or key[0] is not config.is_configured
-            or key[1] is not config.default_wrapper_class
-            or key[2] is not config.logger_factory
-        ):
-            self.refresh((config.is_configured, config.default_wrapper_class, config.logger_factory))
-        if level < self.min_level:
-            return False
-        if self.stdlib_logger is not None:
-            return self.stdlib_logger.isEnabledFor(level)
-        return True
-
 
 gate = _LevelGate()
+# structlog's one configuration object: configure() and reset_defaults() change it in place.
+_config = structlog._config._CONFIG
 
 
 def reset() -> None:
@@ -94,7 +79,22 @@ def reset() -> None:
 def enabled(level: int) -> bool:
     """Return True if an event at ``level`` would be kept by the application's configuration."""
     try:
-        return gate.enabled(level)
+        # One frame, no tuple built, the configuration compared field by field: every
+        # connect and close asks (see docs/performance.md).
+        config = _config
+        key = gate.key
+        if (
+            key is None
+            or key[0] is not config.is_configured
+            or key[1] is not config.default_wrapper_class
+            or key[2] is not config.logger_factory
+        ):
+            gate.refresh((config.is_configured, config.default_wrapper_class, config.logger_factory))
+        if level < gate.min_level:
+            return False
+        if gate.stdlib_logger is not None:
+            return gate.stdlib_logger.isEnabledFor(level)
+        return True
     except Exception as exc:
         internal_error("level_check", exc)
         return level >= logging.WARNING

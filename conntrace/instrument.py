@@ -178,7 +178,7 @@ def anomaly_fields(record: records.ConnectionRecord) -> dict[str, Any]:
         opened_at=records._iso(record.opened_at),
         age_s=record.age_s(),
         close_count=record.close_count,
-        closes=[attempt.as_dict() for attempt in record.closes],
+        closes=[attempt.as_event() for attempt in record.closes],
     )
     if record.inherited:
         fields.update(inherited=True, fork_policy=record.fork_policy)

@@ -59,6 +59,21 @@ class CloseAttempt:
         self.error_type = error_type
         self.error = error
 
+    def as_event(self) -> dict[str, Any]:
+        """Return this attempt as it appears inside an event: the user's frames only."""
+        ff = frame_filter()
+        return {
+            "at": _iso(self.at),
+            "pid": self.pid,
+            "thread": self.thread,
+            "outcome": self.outcome,
+            "closed_by": self.closed_by,
+            "error_type": self.error_type,
+            "error": self.error,
+            "closed_in": ff.first_user_frame(self.stack),
+            "stack": ff.visible_stack(self.stack),
+        }
+
     def as_dict(self) -> dict[str, Any]:
         """Return this attempt as plain, JSON-serialisable data."""
         ff = frame_filter()

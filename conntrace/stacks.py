@@ -50,6 +50,12 @@ DEFAULT_HIDDEN_MODULES = (
 
 # Bound on the per-file caches, so that memory stays flat whatever code runs.
 MAX_CACHED_FILES = 4096
+# Bound on the cache of formatted frames (one entry per call site seen in a shown stack).
+MAX_CACHED_FRAMES = 16384
+
+# When no frame is the user's, how many of the framework's frames stand in for them.
+FALLBACK_FRAMES = 8
+_SITE = os.sep + "site-packages" + os.sep
 
 _ASYNC_UNSAFE = os.path.join("django", "utils", "asyncio.py")
 
@@ -111,6 +117,7 @@ class FrameFilter:
         self._django = _module_prefixes(("django",))
         self._hidden_by_file: dict[str, bool] = {}
         self._short_by_file: dict[str, str] = {}
+        self._text_by_frame: dict[tuple[str, str, int, int], str] = {}
         try:
             self._cwd = os.path.join(os.getcwd(), "")
         except OSError:
@@ -140,17 +147,37 @@ class FrameFilter:
         short = self._short_by_file.get(filename)
         if short is None:
             short = filename
-            if self._cwd and filename.startswith(self._cwd):
+            if self._cwd and filename.startswith(self._cwd) and _SITE not in filename:
                 short = filename[len(self._cwd) :]
+            elif _SITE in filename:
+                # Installed packages read as their import path: django/db/__init__.py.
+                short = filename.rsplit(_SITE, 1)[1]
+            else:
+                for prefix in self.stdlib_prefixes:
+                    if filename.startswith(prefix):
+                        short = filename[len(prefix) :]
+                        break
             if len(self._short_by_file) >= MAX_CACHED_FILES:
                 self._short_by_file.clear()
             self._short_by_file[filename] = short
         return short
 
     def format_frame(self, raw: RawFrame) -> str:
-        """Return ``"path:line in function"`` for one raw frame."""
+        """Return ``"path:line in function"`` for one raw frame.
+
+        Cached by file name, function and offset rather than by code object:
+        finding the line walks the code's whole line table, and the same call
+        sites come back in every event that shows a stack.
+        """
         code, lasti = raw
-        return f"{self.short_path(code.co_filename)}:{line_of(code, lasti)} in {code.co_qualname}"
+        key = (code.co_filename, code.co_qualname, code.co_firstlineno, lasti)
+        text = self._text_by_frame.get(key)
+        if text is None:
+            text = f"{self.short_path(code.co_filename)}:{line_of(code, lasti)} in {code.co_qualname}"
+            if len(self._text_by_frame) >= MAX_CACHED_FRAMES:
+                self._text_by_frame.clear()
+            self._text_by_frame[key] = text
+        return text
 
     def format_stack(self, stack: RawStack) -> list[str]:
         """Return every frame of ``stack`` formatted, innermost first."""
@@ -165,7 +192,8 @@ class FrameFilter:
         visible = [self.format_frame(raw) for raw in stack if not self.is_hidden(raw[0].co_filename)]
         if visible:
             return visible
-        return [self.format_frame(raw) for raw in stack if not self._is_plumbing(raw[0].co_filename)]
+        outside = [raw for raw in stack if not self._is_plumbing(raw[0].co_filename)]
+        return [self.format_frame(raw) for raw in outside[:FALLBACK_FRAMES]]
 
     def is_plumbing_or_django(self, filename: str) -> bool:
         """Return True for frames of conntrace and of Django itself."""
