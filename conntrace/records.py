@@ -75,20 +75,10 @@ class CloseAttempt:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        """Return this attempt as plain, JSON-serialisable data."""
-        ff = frame_filter()
-        return {
-            "at": _iso(self.at),
-            "pid": self.pid,
-            "thread": self.thread,
-            "outcome": self.outcome,
-            "closed_by": self.closed_by,
-            "error_type": self.error_type,
-            "error": self.error,
-            "closed_in": ff.first_user_frame(self.stack),
-            "stack": ff.visible_stack(self.stack),
-            "stack_full": ff.format_stack(self.stack),
-        }
+        """Return this attempt as plain, JSON-serialisable data, with every frame too."""
+        data = self.as_event()
+        data["stack_full"] = frame_filter().format_stack(self.stack)
+        return data
 
 
 class ConnectionRecord:

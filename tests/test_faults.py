@@ -27,6 +27,7 @@ from conntrace import events
 from tests import pgserver
 from tests.app.models import Setting
 from tests.conftest import named
+from tests.faults import FailingClose
 from tests.pgbouncer import PgBouncer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -349,24 +350,6 @@ class Unprintable(Exception):
 
     def __str__(self) -> str:
         raise ValueError("no message")
-
-
-class FailingClose:
-    """Fault injection: a driver connection whose close() closes the real one, then raises ``error``.
-
-    No driver raises on close on demand; everything else is delegated to the real connection.
-    """
-
-    def __init__(self, real: Any, error: BaseException) -> None:
-        self._real = real
-        self._error = error
-
-    def close(self) -> None:
-        self._real.close()
-        raise self._error
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
 
 
 def test_a_close_error_that_cannot_be_printed_is_still_downgraded(captured):

@@ -15,6 +15,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 import conntrace
 from conntrace import CloseErrorWarning, events, instrument, process
 from tests.conftest import named
+from tests.faults import FailingClose
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "other", "lite"])]
 
@@ -212,25 +213,6 @@ def test_session_killed_by_the_server_then_closed_reports_closed_by_server(captu
     assert event["backend_pid"] == backend
     open_and_query()  # the next use reconnects
     assert connection.connection is not None
-
-
-class FailingClose:
-    """Fault injection: a driver connection whose close() raises, as a broken socket can make it.
-
-    A real driver raises here only under conditions that cannot be produced on demand
-    (an old psycopg2 behind pgbouncer); everything else is delegated to the real connection.
-    """
-
-    def __init__(self, real: Any, error: Exception) -> None:
-        self._real = real
-        self._error = error
-
-    def close(self) -> None:
-        self._real.close()
-        raise self._error
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
 
 
 def test_close_error_is_downgraded_to_a_warning(captured):

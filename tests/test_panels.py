@@ -37,6 +37,7 @@ from django.urls import include, path
 from conntrace import CloseErrorWarning, instrument, panel_tracking, panels
 from tests import pgserver
 from tests.app.models import Setting
+from tests.faults import FailingClose
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -92,24 +93,6 @@ exec(
     _hostile,
 )
 release_threads = threading.Event()
-
-
-class FailingClose:
-    """Fault injection: a driver connection whose close() closes the real one, then raises.
-
-    No driver raises on close on demand; everything else is delegated to the real connection.
-    """
-
-    def __init__(self, real: Any, error: Exception) -> None:
-        self._real = real
-        self._error = error
-
-    def close(self) -> None:
-        self._real.close()
-        raise self._error
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
 
 
 started_threads: list[threading.Thread] = []

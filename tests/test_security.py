@@ -32,30 +32,12 @@ from django.urls import include, path
 import conntrace
 from conntrace import CloseErrorWarning, events, instrument, records
 from tests import pgserver
+from tests.faults import FailingClose
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 SECRET = pgserver.APP_PASSWORD
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class FailingClose:
-    """Fault injection: a driver connection whose close() raises an error quoting its connection string.
-
-    Drivers do not put the password in a close error on demand; a wrapper that
-    quotes its DSN (as some poolers' errors do) is the worst case conntrace must redact.
-    """
-
-    def __init__(self, real: Any, error: Exception) -> None:
-        self._real = real
-        self._error = error
-
-    def close(self) -> None:
-        self._real.close()
-        raise self._error
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
 
 
 def dsn_url() -> str:
