@@ -34,8 +34,6 @@ INHERITED_ATTR = "_conntrace_inherited"
 DEBUG = logging.DEBUG
 WARNING = logging.WARNING
 
-# Wrappers of ours that another library wrapped over: they stay in place, inert while inactive.
-_covered: dict[str, Callable[..., Any]] = {}
 # id(weakref to a wrapper) -> record of the connection that wrapper holds open.
 _watched: dict[int, records.ConnectionRecord] = {}
 # Listeners of a debugging tool (the toolbar panel): observer(kind, wrapper, record) with kind
@@ -411,10 +409,11 @@ def install() -> bool:
     if not conf.get()["ENABLED"]:
         return False
     for name, make in _WRAPPERS.items():
-        if name in _covered:
-            continue  # our earlier wrapper is still in the chain, under another library's
         current = BaseDatabaseWrapper.__dict__[name]
         if getattr(current, MARK, None) is not None:
+            continue
+        if _find_ours(current):
+            # Another library (or Django's SimpleTestCase) wrapped ours: it reactivates, no second layer.
             continue
         wrapper = make(current)
         wrapper.__name__ = current.__name__
@@ -437,16 +436,14 @@ def uninstall() -> None:
     for name in _WRAPPERS:
         current = BaseDatabaseWrapper.__dict__[name]
         original = getattr(current, MARK, None)
+        # Where another library wrapped ours, the chain stays intact and ours is inert.
         if original is not None:
             setattr(BaseDatabaseWrapper, name, original)
-        elif name not in _covered:
-            # Another library wrapped ours: leave the chain intact; ours is inert now.
-            for candidate in _find_ours(current):
-                _covered[name] = candidate
     request_started.disconnect(dispatch_uid="conntrace.request_started")
 
 
-def _find_ours(func: Any) -> list[Any]:
+def _find_ours(func: Any, depth: int = 4) -> list[Any]:
+    """Return the wrappers of ours that ``func`` (another library's wrapper) closes over, at any depth."""
     seen = []
     closure = getattr(func, "__closure__", None) or ()
     for cell in closure:
@@ -456,6 +453,8 @@ def _find_ours(func: Any) -> list[Any]:
             continue
         if getattr(value, MARK, None) is not None:
             seen.append(value)
+        elif depth > 1 and callable(value) and getattr(value, "__closure__", None):
+            seen.extend(_find_ours(value, depth - 1))
     return seen
 
 

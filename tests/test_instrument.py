@@ -443,3 +443,23 @@ def test_no_warning_at_all_for_a_clean_application(captured, conn_max_age):
     assert [e for e in captured if e["log_level"] not in ("debug", "info")] == []
     opened = [e for e in named(captured, "connection_opened") if e["alias"] == "default"]
     assert len(opened) == 2  # one before the requests, one reused by all three requests
+
+
+def test_install_does_not_add_a_layer_over_a_foreign_wrapper_of_ours():
+    """Django's SimpleTestCase (and libraries such as Sentry) wrap the method conntrace wrapped."""
+    ours = BaseDatabaseWrapper.__dict__["ensure_connection"]
+
+    def foreign(self):
+        return ours(self)
+
+    BaseDatabaseWrapper.ensure_connection = foreign
+    try:
+        conntrace.uninstall()
+        assert not conntrace.is_installed()
+        conntrace.install()
+        assert BaseDatabaseWrapper.__dict__["ensure_connection"] is foreign
+        connection.close()
+        open_and_query()
+        assert [r["alias"] for r in conntrace.live()] == ["default"]
+    finally:
+        BaseDatabaseWrapper.ensure_connection = ours
