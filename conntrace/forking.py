@@ -36,6 +36,7 @@ from typing import Any, Optional
 
 from conntrace import conf, drivers, events, instrument, process, records, stacks
 from conntrace.exceptions import InheritedConnectionError
+from conntrace.fields import base_fields
 
 RESET = "reset"
 WARN = "warn"
@@ -293,7 +294,7 @@ def _level_and_hint(policy: str, by_runner: bool, default: int) -> tuple[int, st
 
 
 def _fork_fields(record: records.ConnectionRecord) -> dict[str, Any]:
-    fields = instrument.base_fields(record)
+    fields = base_fields(record)
     fields.update(
         opened_by_pid=record.pid,
         opened_thread=record.thread,

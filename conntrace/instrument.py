@@ -20,12 +20,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Optional
 
-import structlog
 from django.core.signals import request_started
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from conntrace import conf, drivers, events, process, records, stacks
 from conntrace.exceptions import CloseErrorWarning
+from conntrace.fields import STRUCTLOG_VARS, anomaly_fields, base_fields, snapshot_context
 
 MARK = "_conntrace_original"
 RECORD_ATTR = "_conntrace_record"
@@ -67,8 +67,8 @@ def _open_record(wrapper: Any) -> records.ConnectionRecord:
     )
     record.pooled = bool(wrapper.settings_dict.get("OPTIONS", {}).get("pool"))
     record.wrapper_ref = weakref.ref(wrapper, _on_wrapper_gone)
-    if _STRUCTLOG_VARS is None or _STRUCTLOG_VARS:
-        _snapshot_context(record)
+    if STRUCTLOG_VARS is None or STRUCTLOG_VARS:
+        snapshot_context(record)
     else:
         record.context_gen = process.request_gen  # nothing was ever bound: nothing to copy
     return record
@@ -147,63 +147,6 @@ def _report_close(
         fields = base_fields(record)
         fields.update(outcome=attempt.outcome, age_s=record.age_s(), close_count=record.close_count)
         events.emit(DEBUG, events.CONNECTION_CLOSED, fields)
-
-
-def base_fields(record: records.ConnectionRecord) -> dict[str, Any]:
-    """Return the fields every event about ``record`` carries."""
-    fields: dict[str, Any] = {}
-    if record.context:
-        fields.update(record.context)
-    fields.update(
-        alias=record.alias,
-        vendor=record.vendor,
-        conn_id=record.conn_id,
-        pid=process.pid,
-        thread=process.thread_name(),
-        backend_pid=record.backend_pid,
-        opened_in=record.opened_in(),
-        opened_stack=record.opened_stack(),
-    )
-    return fields
-
-
-def anomaly_fields(record: records.ConnectionRecord) -> dict[str, Any]:
-    """Return the whole story of ``record``, so that an anomaly event reads alone."""
-    fields = base_fields(record)
-    fields.update(
-        opened_by_pid=record.pid,
-        opened_thread=record.thread,
-        opened_at=records._iso(record.opened_at),
-        age_s=record.age_s(),
-        close_count=record.close_count,
-        closes=[attempt.as_event() for attempt in record.closes],
-    )
-    if record.inherited:
-        fields.update(inherited=True, fork_policy=record.fork_policy)
-    return fields
-
-
-# structlog keeps one ContextVar per key ever bound, here: reading those few is much
-# cheaper than get_contextvars(), which walks every context variable of the process.
-_STRUCTLOG_VARS: Optional[dict[str, Any]] = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
-_STRUCTLOG_PREFIX_LEN = len(getattr(structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "structlog_"))
-
-
-def _snapshot_context(record: records.ConnectionRecord) -> None:
-    record.context_gen = process.request_gen
-    variables = _STRUCTLOG_VARS
-    if variables is None:
-        context = structlog.contextvars.get_contextvars()
-    elif not variables:
-        return  # nothing was ever bound
-    else:
-        context = {}
-        for name, var in list(variables.items()):
-            value = var.get(Ellipsis)
-            if value is not Ellipsis:
-                context[name[_STRUCTLOG_PREFIX_LEN:]] = value
-    if context:
-        record.context = context
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -368,7 +311,7 @@ def _wrap_ensure_connection(original: Callable[[Any], Any]) -> Callable[[Any], A
                     forking.on_inherited_use(self, record)
                 elif record.context_gen != process.request_gen:
                     try:
-                        _snapshot_context(record)
+                        snapshot_context(record)
                     except Exception as exc:
                         events.internal_error("use", exc)
                 if observers:
