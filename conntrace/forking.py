@@ -30,7 +30,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from functools import partial
 from typing import Any, Optional
 
@@ -204,10 +203,15 @@ def _flush_at_exit() -> None:
 # --------------------------------------------------------------------------- what the hooks do
 
 
+def _django_pools() -> Optional[dict[str, Any]]:
+    """Return the class-level dict in which Django keeps psycopg pools, if the backend is loaded."""
+    module = sys.modules.get("django.db.backends.postgresql.base")
+    return getattr(getattr(module, "DatabaseWrapper", None), "_connection_pools", None)
+
+
 def _pools() -> list[tuple[str, Any, list[Any]]]:
     """Return the psycopg pools Django keeps in a class-level dict, each with its idle connections."""
-    module = sys.modules.get("django.db.backends.postgresql.base")
-    pools = getattr(getattr(module, "DatabaseWrapper", None), "_connection_pools", None)
+    pools = _django_pools()
     if not pools:
         return []
     found = []
@@ -253,12 +257,7 @@ def _discard_record(record: records.ConnectionRecord, raise_on_use: bool = False
         wrapper.closed_in_transaction = False
         if raise_on_use:
             wrapper.__dict__[instrument.INHERITED_ATTR] = record
-    record.add_close(
-        records.CloseAttempt(time.time(), process.pid, process.thread_name(), (), DISCARDED, closed_by=how)
-    )
-    record.closed_mono = time.monotonic()
-    instrument._forget(record)
-    records.registry.ended(record)
+    instrument.end_without_close(record, DISCARDED, closed_by=how)
 
 
 def _discard_pool(alias: str, pool: Any, idle: list[Any]) -> None:
@@ -276,8 +275,7 @@ def _discard_pool(alias: str, pool: Any, idle: list[Any]) -> None:
     except Exception:
         pass
     drivers.discard(pool)
-    module = sys.modules.get("django.db.backends.postgresql.base")
-    pools = getattr(getattr(module, "DatabaseWrapper", None), "_connection_pools", None)
+    pools = _django_pools()
     if pools is not None and pools.get(alias) is pool:
         del pools[alias]
 

@@ -79,11 +79,7 @@ def _on_wrapper_gone(ref: weakref.ref) -> None:
     record = _watched.pop(id(ref), None)
     if record is None or record.state != records.OPEN:
         return
-    record.add_close(
-        records.CloseAttempt(time.time(), process.pid, process.thread_name(), (), records.ABANDONED)
-    )
-    record.closed_mono = time.monotonic()
-    records.registry.ended(record)
+    end_without_close(record, records.ABANDONED)
     # Emitting from inside the garbage collector could take a lock this thread holds.
     process.pending.append(lambda: events.emit(WARNING, events.CONNECTION_ABANDONED, anomaly_fields(record)))
 
@@ -109,11 +105,7 @@ def _connected(wrapper: Any, record: records.ConnectionRecord, debug: bool) -> N
 
 
 def _on_abandon_now(record: records.ConnectionRecord) -> None:
-    record.add_close(
-        records.CloseAttempt(time.time(), process.pid, process.thread_name(), (), records.ABANDONED)
-    )
-    record.closed_mono = time.monotonic()
-    records.registry.ended(record)
+    end_without_close(record, records.ABANDONED)
     events.emit(WARNING, events.CONNECTION_ABANDONED, anomaly_fields(record))
 
 
@@ -128,6 +120,16 @@ def _end(record: records.ConnectionRecord) -> None:
     record.closed_mono = time.monotonic()
     _forget(record)
     records.registry.ended(record)
+
+
+def end_without_close(
+    record: records.ConnectionRecord, outcome: str, closed_by: Optional[str] = None
+) -> None:
+    """End ``record`` for a session that went away without Django closing it (abandoned, discarded)."""
+    record.add_close(
+        records.CloseAttempt(time.time(), process.pid, process.thread_name(), (), outcome, closed_by)
+    )
+    _end(record)
 
 
 def _report_close(

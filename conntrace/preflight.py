@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Any, TextIO
 
-from conntrace import conf, events, forking, instrument, process, records, stacks
+from conntrace import conf, drivers, events, forking, instrument, process, records, stacks
 
 EXIT_CLEAN = 0
 EXIT_OPEN = 1
@@ -157,7 +157,7 @@ def open_connections() -> list[dict[str, Any]]:
     found = [_record_entry(record) for record in records.registry.open_records()]
     for alias, _, idle in forking._pools():
         for conn in idle:
-            fields = forking._pooled_fields(alias, _backend_pid(conn), process.pid)
+            fields = forking._pooled_fields(alias, drivers.backend_pid(conn), process.pid)
             found.append({key: fields[key] for key in _KEYS if key in fields} | {"pooled_idle": True})
     found.extend(_untracked(records.registry.open_records()))
     return found
@@ -171,12 +171,6 @@ def _record_entry(record: records.ConnectionRecord) -> dict[str, Any]:
     entry = {key: data[key] for key in _KEYS}
     entry["pooled"] = record.pooled
     return entry
-
-
-def _backend_pid(conn: Any) -> Any:
-    from conntrace import drivers
-
-    return drivers.backend_pid(conn)
 
 
 def _untracked(tracked: list[records.ConnectionRecord]) -> list[dict[str, Any]]:
@@ -201,7 +195,7 @@ def _untracked(tracked: list[records.ConnectionRecord]) -> list[dict[str, Any]]:
                 "alias": wrapper.alias,
                 "vendor": wrapper.vendor,
                 "conn_id": None,
-                "backend_pid": _backend_pid(wrapper.connection),
+                "backend_pid": drivers.backend_pid(wrapper.connection),
                 "opened_in": None,
                 "opened_stack": [],
                 "thread": process.thread_name(),

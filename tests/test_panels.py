@@ -23,11 +23,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
-from wsgiref.util import setup_testing_defaults
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished
 from django.db import close_old_connections, connection, connections
 from django.http import HttpRequest, HttpResponse
@@ -38,6 +36,7 @@ from conntrace import CloseErrorWarning, instrument, panel_tracking, panels
 from tests import pgserver
 from tests.app.models import Setting
 from tests.faults import FailingClose
+from tests.wsgi import serve_wsgi
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -222,25 +221,8 @@ class Served(NamedTuple):
 
 
 def serve(path_info: str, query: str = "", cookie: str = "") -> Served:
-    """Serve one request through Django's WSGI handler and close it as a WSGI server does."""
-    environ = {
-        "PATH_INFO": path_info,
-        "QUERY_STRING": query,
-        "REMOTE_ADDR": "127.0.0.1",
-        "HTTP_COOKIE": cookie,
-    }
-    setup_testing_defaults(environ)
-    got: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-        got.update(status=status, headers=dict(headers))
-
-    result = WSGIHandler()(environ, start_response)
-    try:
-        body = b"".join(result).decode()
-    finally:
-        result.close()  # sends request_finished: Django's close_old_connections, then the panel
-    return Served(got["status"], got["headers"], body)
+    """Serve one request as a WSGI server does (request_finished included)."""
+    return Served(*serve_wsgi(path_info, query, cookie))
 
 
 def stored(request_id: str) -> dict[str, Any]:

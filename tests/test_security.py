@@ -20,10 +20,8 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from wsgiref.util import setup_testing_defaults
 
 import pytest
-from django.core.handlers.wsgi import WSGIHandler
 from django.db import OperationalError, connection, connections
 from django.http import HttpRequest, HttpResponse
 from django.test import override_settings
@@ -33,6 +31,7 @@ import conntrace
 from conntrace import CloseErrorWarning, events, instrument, records
 from tests import pgserver
 from tests.faults import FailingClose
+from tests.wsgi import serve_wsgi
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -318,20 +317,9 @@ def toolbar(tmp_path: Path) -> Iterator[None]:
 
 
 def serve(path_info: str, query: str = "") -> tuple[int, dict[str, str], str]:
-    """Serve one request through Django's WSGI handler and close it as a WSGI server does."""
-    environ = {"PATH_INFO": path_info, "QUERY_STRING": query, "REMOTE_ADDR": "127.0.0.1"}
-    setup_testing_defaults(environ)
-    got: dict[str, Any] = {}
-
-    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
-        got.update(status=status, headers=dict(headers))
-
-    result = WSGIHandler()(environ, start_response)
-    try:
-        body = b"".join(result).decode()
-    finally:
-        result.close()
-    return int(got["status"].split()[0]), got["headers"], body
+    """Serve one request as a WSGI server does; return (status code, headers, body)."""
+    status, headers, body = serve_wsgi(path_info, query)
+    return int(status.split()[0]), headers, body
 
 
 def render_panel(request_id: str) -> tuple[int, str]:
