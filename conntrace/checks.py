@@ -19,6 +19,7 @@ KEY_IDS = {
     "DOWNGRADE_CLOSE_ERRORS": "conntrace.E007",
     "MAX_RECORDS": "conntrace.E008",
     "FORK_POLICY": "conntrace.E009",
+    "SOCKET_CHECK_AFTER_S": "conntrace.E010",
 }
 
 

@@ -23,6 +23,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RECORDS": 500,
     # What a forked child does with a connection inherited from its parent.
     "FORK_POLICY": "reset",
+    # At close, sessions at least this many seconds old get their socket polled (one system
+    # call) to tell whether the server or a pooler had already ended them. Younger ones rely
+    # on the driver's own flag, which any query after such an end sets. 0: poll at every close.
+    "SOCKET_CHECK_AFTER_S": 1.0,
 }
 
 # key -> (accepted types, description used by system checks)
@@ -34,6 +38,7 @@ EXPECTED: dict[str, tuple[tuple[type, ...], str]] = {
     "DOWNGRADE_CLOSE_ERRORS": ((bool,), "True or False"),
     "MAX_RECORDS": ((int,), "an integer between 0 and 1000000"),
     "FORK_POLICY": ((str,), 'one of "reset", "warn", "raise"'),
+    "SOCKET_CHECK_AFTER_S": ((int, float), "a number of seconds between 0 and 86400, e.g. 1.0"),
 }
 
 
@@ -47,6 +52,8 @@ def value_problem(key: str, value: Any) -> str | None:
     if key == "STACK_DEPTH" and not 1 <= value <= 200:
         return f"{value}"
     if key == "MAX_RECORDS" and not 0 <= value <= 1_000_000:
+        return f"{value}"
+    if key == "SOCKET_CHECK_AFTER_S" and not 0 <= value <= 86400:  # also rejects NaN
         return f"{value}"
     if key == "LOGGER_NAME" and not value.strip():
         return "an empty string"

@@ -75,15 +75,18 @@ def fileno(conn: Any) -> Optional[int]:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
-def closed_state(conn: Any) -> Optional[str]:
-    """Return who already closed ``conn`` (``application``/``server``), or None if open."""
-    fam = family(conn)
+def closed_state(conn: Any, poll_socket: bool = True) -> Optional[str]:
+    """Return who already closed ``conn`` (``application``/``server``), or None if open.
+
+    Runs before every close. The driver's own flag is always read; with
+    ``poll_socket`` the socket is polled once too (no helper calls, see
+    docs/performance.md), which sees a server end the driver has not read yet.
+    """
+    fam = _families.get(type(conn)) or family(conn)
     if fam == "psycopg2":
         closed = conn.closed
-        if closed == 1:
-            return BY_APPLICATION
         if closed:
-            return BY_SERVER
+            return BY_APPLICATION if closed == 1 else BY_SERVER
     elif fam == "psycopg":
         if conn.closed:
             return BY_SERVER if conn.broken else BY_APPLICATION
@@ -93,31 +96,33 @@ def closed_state(conn: Any) -> Optional[str]:
         except Exception:
             return BY_APPLICATION
         return None
-    elif fam == "mysqlclient" and not getattr(conn, "open", 1):
-        return BY_APPLICATION
-    if fam in ("psycopg2", "psycopg", "mysqlclient") and _peer_hung_up(fileno(conn)):
+    elif fam == "mysqlclient":
+        if not getattr(conn, "open", 1):
+            return BY_APPLICATION
+    else:
+        return None
+    if not poll_socket:
+        return None
+    try:
+        fd = conn.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        ready = poller.poll(0)
+    except Exception:
+        return None
+    if ready and _peer_hung_up(fd, ready[0][1]):
         return BY_SERVER
     return None
 
 
-def _peer_hung_up(fd: Optional[int]) -> bool:
-    """Return True if the server has ended the session on this socket.
+def _peer_hung_up(fd: int, revents: int) -> bool:
+    """Return True if the server has ended the session on this readable socket.
 
     An idle client socket that is readable holds either the server's
     goodbye (an ErrorResponse, ``E``, before the FIN) or end-of-file.
     Peeks only: nothing is consumed or sent.
     """
-    if fd is None:
-        return False
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        events = poller.poll(0)
-    except (OSError, ValueError):
-        return False
-    if not events:
-        return False
-    if events[0][1] & (select.POLLHUP | select.POLLERR):
+    if revents & (select.POLLHUP | select.POLLERR):
         return True
     try:
         sock = socket.socket(fileno=fd)

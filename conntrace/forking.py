@@ -176,7 +176,10 @@ def _after_in_child() -> None:
             # (uWSGI) that calls fork() itself, then PyOS_AfterFork_Child().
             policy = conf.get()["FORK_POLICY"]
         # Everything open here was opened by the parent, in any of its threads.
-        for record in records.registry.open_records():
+        inherited = records.registry.open_records()
+        if inherited:
+            process.watch_use = True  # their first use here is reported (warn) or raises (raise)
+        for record in inherited:
             record.inherited = True
             record.fork_policy = policy
             if policy != WARN:
@@ -226,7 +229,7 @@ def _pools() -> list[tuple[str, Any, list[Any]]]:
 
 def _forked_by_test_runner(stack: stacks.RawStack) -> bool:
     """Return True if Django's test runner is forking (also when a multiprocessing thread forks for it)."""
-    if _runs_runner(code for code, _ in stack):
+    if _runs_runner(stacks.codes(stack)):
         return True
     main = threading.main_thread()
     if threading.current_thread() is main:

@@ -17,9 +17,11 @@ import sys
 import time
 import warnings
 import weakref
+from _thread import get_ident
 from collections.abc import Callable
 from typing import Any, Optional
 
+from django.core.exceptions import SynchronousOnlyOperation
 from django.core.signals import request_started
 from django.db.backends.base.base import BaseDatabaseWrapper
 
@@ -34,11 +36,50 @@ INHERITED_ATTR = "_conntrace_inherited"
 DEBUG = logging.DEBUG
 WARNING = logging.WARNING
 
-# id(weakref to a wrapper) -> record of the connection that wrapper holds open.
-_watched: dict[int, records.ConnectionRecord] = {}
+REF_ATTR = "_conntrace_ref"
+# Frames kept for a normal close when nothing will show them (no debug events, no panel):
+# the caller of close() and who called it. Anomalies and shown closes keep STACK_DEPTH frames.
+NORMAL_CLOSE_FRAMES = 3
+CLOSED_NORMALLY = (records.CLOSED, records.RETURNED_TO_POOL)
+
+
+class _WrapperRef(weakref.ref):
+    """A weak reference to one Django wrapper, made once per wrapper, that holds its current record.
+
+    Made once and kept for the wrapper's life, so that a connect allocates no
+    reference and a close frees none (see docs/performance.md).
+    """
+
+    __slots__ = ("record",)
+
+    def __new__(cls, wrapper: Any) -> _WrapperRef:
+        self = super().__new__(cls, wrapper, _on_wrapper_gone)
+        self.record = None
+        return self
+
+    def __init__(self, wrapper: Any) -> None:
+        super().__init__(wrapper, _on_wrapper_gone)
+
+
+# id(reference) -> the reference to each live wrapper that ever connected: kept here, outside
+# the wrapper's own reference cycles, so that its callback runs when the wrapper is collected.
+_watched: dict[int, _WrapperRef] = {}
 # Listeners of a debugging tool (the toolbar panel): observer(kind, wrapper, record) with kind
 # "opened", "used" or "closed". Empty in normal operation, so the hot paths pay one truth test.
 observers: list[Callable[[str, Any, records.ConnectionRecord], None]] = []
+
+
+def add_observer(observer: Callable[[str, Any, records.ConnectionRecord], None]) -> None:
+    """Call ``observer`` at every open, first use in a request, and close (a debugging tool's hook)."""
+    if observer not in observers:
+        observers.append(observer)
+    process.watch_use = True
+
+
+def remove_observer(observer: Callable[[str, Any, records.ConnectionRecord], None]) -> None:
+    """Stop calling ``observer``."""
+    if observer in observers:
+        observers.remove(observer)
 
 
 def _notify(kind: str, wrapper: Any, record: records.ConnectionRecord) -> None:
@@ -53,7 +94,10 @@ def _notify(kind: str, wrapper: Any, record: records.ConnectionRecord) -> None:
 
 
 def _open_record(wrapper: Any) -> records.ConnectionRecord:
-    """Prepare the record before the real connect: the code after it meets cold caches."""
+    """Make and register the record before the real connect: the code after it meets cold caches.
+
+    The connect wrapper takes the registration back if no session came of it.
+    """
     record = records.ConnectionRecord(
         wrapper.alias,
         wrapper.vendor,
@@ -66,17 +110,42 @@ def _open_record(wrapper: Any) -> records.ConnectionRecord:
         process.fork_gen,
     )
     record.pooled = bool(wrapper.settings_dict.get("OPTIONS", {}).get("pool"))
-    record.wrapper_ref = weakref.ref(wrapper, _on_wrapper_gone)
     if STRUCTLOG_VARS is None or STRUCTLOG_VARS:
         snapshot_context(record)
+        process.watch_use = True  # also at each later request's first use
     else:
         record.context_gen = process.request_gen  # nothing was ever bound: nothing to copy
+    wrapper_dict = wrapper.__dict__
+    ref = wrapper_dict.get(REF_ATTR)
+    if ref is None:
+        ref = wrapper_dict[REF_ATTR] = _WrapperRef(wrapper)
+        _watched[id(ref)] = ref
+    record.wrapper_ref = ref
+    ref.record = record
+    wrapper_dict[RECORD_ATTR] = record
+    records.registry.live[record.conn_id] = record
     return record
 
 
-def _on_wrapper_gone(ref: weakref.ref) -> None:
-    """Garbage-collector callback: a wrapper died holding an open connection."""
-    record = _watched.pop(id(ref), None)
+def _unregister(wrapper: Any, record: records.ConnectionRecord, previous: Any) -> None:
+    """Take back the registration of ``record``: its connect made no session."""
+    records.registry.live.pop(record.conn_id, None)
+    record.state = records.ENDED
+    wrapper_dict = wrapper.__dict__
+    if wrapper_dict.get(RECORD_ATTR) is record:
+        if previous is None:
+            wrapper_dict.pop(RECORD_ATTR, None)
+        else:
+            wrapper_dict[RECORD_ATTR] = previous
+    ref = record.wrapper_ref
+    if ref is not None and ref.record is record:
+        ref.record = previous if previous is not None and previous.state == records.OPEN else None
+
+
+def _on_wrapper_gone(ref: _WrapperRef) -> None:
+    """Garbage-collector callback: a wrapper died, maybe holding an open connection."""
+    _watched.pop(id(ref), None)
+    record = ref.record
     if record is None or record.state != records.OPEN:
         return
     end_without_close(record, records.ABANDONED)
@@ -84,20 +153,24 @@ def _on_wrapper_gone(ref: weakref.ref) -> None:
     process.pending.append(lambda: events.emit(WARNING, events.CONNECTION_ABANDONED, anomaly_fields(record)))
 
 
-def _connected(wrapper: Any, record: records.ConnectionRecord, debug: bool) -> None:
-    """Register the new session; ``debug`` was asked before the connect, while caches were warm."""
+def _connected(
+    wrapper: Any, record: records.ConnectionRecord, previous: Any, before: Any, debug: bool
+) -> None:
+    """Finish the record of a new session; ``debug`` was asked before the connect, while caches were warm.
+
+    ``previous`` is the wrapper's record before this connect and ``before`` its
+    driver connection then: a connect that left no new one made no session.
+    """
+    if record.state != records.OPEN:
+        return  # closed already, by a connection_created receiver
     conn = wrapper.connection
-    if conn is None:
+    if conn is None or conn is before:
+        _unregister(wrapper, record, previous)
         return
-    previous = wrapper.__dict__.get(RECORD_ATTR)
     if previous is not None and previous.state == records.OPEN:
         # connect() on a wrapper that was already connected drops the old session.
-        _forget(previous)
         _on_abandon_now(previous)
     record.backend_pid = drivers.backend_pid(conn)
-    _watched[id(record.wrapper_ref)] = record
-    wrapper.__dict__[RECORD_ATTR] = record
-    records.registry.opened(record)
     if debug:
         events.emit(DEBUG, events.CONNECTION_OPENED, base_fields(record))
     if observers:
@@ -111,9 +184,8 @@ def _on_abandon_now(record: records.ConnectionRecord) -> None:
 
 def _forget(record: records.ConnectionRecord) -> None:
     ref = record.wrapper_ref
-    if ref is not None:
-        _watched.pop(id(ref), None)
-        record.wrapper_ref = None
+    if ref is not None and ref.record is record:
+        ref.record = None
 
 
 def _end(record: records.ConnectionRecord) -> None:
@@ -158,11 +230,13 @@ def _wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def connect(self: Any) -> Any:
         if not process.active:
             return original(self)
-        record = None
+        record = previous = before = None
         debug = False
         try:
             if process.pending:
                 process.flush_pending()
+            previous = self.__dict__.get(RECORD_ATTR)
+            before = self.connection
             record = _open_record(self)
             debug = events.enabled(DEBUG)
         except Exception as exc:
@@ -170,9 +244,10 @@ def _wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         try:
             return original(self)
         finally:
+            # Also when connect() raised: a session may exist (init_connection_state() failed).
             if record is not None:
                 try:
-                    _connected(self, record, debug)
+                    _connected(self, record, previous, before, debug)
                 except Exception as exc:
                     events.internal_error("connect", exc)
 
@@ -183,27 +258,34 @@ def _wrap_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def close(self: Any) -> Any:
         if not process.active:
             return original(self)
-        # Django's own check, run first so that its error is never mistaken for a close error.
-        self.validate_thread_sharing()
+        if self._thread_ident != get_ident():
+            # Django's own check, run first so that its error is never mistaken for a close
+            # error; in the owning thread it cannot fail (and it takes a lock).
+            self.validate_thread_sharing()
+        if process.watch_use:
+            # Closing a connection inherited under FORK_POLICY "raise" is the correct handling.
+            self.__dict__.pop(INHERITED_ATTR, None)
         record = attempt = None
         report = False
-        # Closing a connection inherited under FORK_POLICY "raise" is the correct handling: no error after.
-        self.__dict__.pop(INHERITED_ATTR, None)
         try:
             if process.pending:
                 process.flush_pending()
             record = self.__dict__.get(RECORD_ATTR)
             if record is not None:
-                attempt = _start_close(self, record)
+                debug = events.enabled(DEBUG)
+                attempt = _start_close(self, record, debug or bool(observers))
                 outcome = attempt.outcome
-                report = outcome != records.NOOP and (
-                    outcome == records.ALREADY_CLOSED or events.enabled(DEBUG)
-                )
+                report = outcome != records.NOOP and (outcome == records.ALREADY_CLOSED or debug)
         except Exception as exc:
             events.internal_error("close", exc)
             record = None
         try:
             result = original(self)
+        except SynchronousOnlyOperation:
+            # Django refused to close from async code before doing anything: nothing happened.
+            if record is not None and attempt is not None:
+                _undo_close(record, attempt)
+            raise
         except Exception as exc:
             if record is not None and attempt is not None:
                 _finish_close(self, record, attempt, exc)
@@ -219,13 +301,40 @@ def _wrap_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return close
 
 
-def _start_close(wrapper: Any, record: records.ConnectionRecord) -> records.CloseAttempt:
+def _undo_close(record: records.ConnectionRecord, attempt: records.CloseAttempt) -> None:
+    """Forget a close attempt that never ran (Django raised before closing)."""
+    try:
+        if record.closes and record.closes[-1] is attempt:
+            record.closes.pop()
+        record.close_count -= 1
+        if attempt.outcome != records.NOOP:
+            record.closed_mono = None
+            records.registry.reopened(record)
+            ref = record.wrapper_ref
+            if ref is not None and ref.record is None:
+                ref.record = record
+    except Exception as exc:
+        events.internal_error("close", exc)
+
+
+def _start_close(wrapper: Any, record: records.ConnectionRecord, shown: bool) -> records.CloseAttempt:
+    """Record a close attempt before the real close: the code after it meets cold caches.
+
+    ``shown``: debug events or a panel will show this close, so a normal close
+    keeps its whole stack too.
+    """
     conn = wrapper.connection
-    stack = stacks.capture(conf.get()["STACK_DEPTH"], skip=2)
+    now = time.monotonic()
+    settings = conf.get()
     if conn is None or wrapper.closed_in_transaction or record.state != records.OPEN:
         outcome, closed_by = records.NOOP, None
     else:
-        closed_by = drivers.closed_state(conn)
+        # The socket is polled for sessions old enough for a server or pooler to have ended
+        # them unseen, and for any that crossed a fork (a child may have ended it).
+        closed_by = drivers.closed_state(
+            conn,
+            bool(record.open_at_forks) or now - record.opened_mono >= settings["SOCKET_CHECK_AFTER_S"],
+        )
         if closed_by is not None:
             outcome = records.ALREADY_CLOSED
             if closed_by == drivers.BY_SERVER and record.open_at_forks:
@@ -234,16 +343,19 @@ def _start_close(wrapper: Any, record: records.ConnectionRecord) -> records.Clos
             outcome = records.RETURNED_TO_POOL
         else:
             outcome = records.CLOSED
-    attempt = records.CloseAttempt(time.time(), process.pid, process.thread_name(), stack, outcome, closed_by)
-    # The bookkeeping is done here, before the real close: the code after it meets cold
-    # caches (see docs/performance.md). Inlined _end(), as this runs on every close.
+    depth = settings["STACK_DEPTH"]
+    if not shown and outcome in CLOSED_NORMALLY and depth > NORMAL_CLOSE_FRAMES:
+        depth = NORMAL_CLOSE_FRAMES
+    attempt = records.CloseAttempt(
+        time.time(), process.pid, process.thread_name(), stacks.capture(depth, skip=2), outcome, closed_by
+    )
+    # Inlined _end(), as this runs on every close.
     record.add_close(attempt)
     if outcome != records.NOOP:
-        record.closed_mono = time.monotonic()
+        record.closed_mono = now
         ref = record.wrapper_ref
-        if ref is not None:
-            _watched.pop(id(ref), None)
-            record.wrapper_ref = None
+        if ref is not None and ref.record is record:
+            ref.record = None
         records.registry.ended(record)
     return attempt
 
@@ -303,9 +415,11 @@ def _caller_stacklevel() -> int:
 
 def _wrap_ensure_connection(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def ensure_connection(self: Any) -> Any:
+        if not process.watch_use:
+            return original(self)
         if process.active and self.connection is not None:
             record = self.__dict__.get(RECORD_ATTR)
-            # An ended record here is the one connect() is replacing (it calls ensure_connection).
+            # An ended record here belongs to a closed session whose wrapper reconnects next.
             if record is not None and record.state == records.OPEN:
                 if record.fork_gen != process.fork_gen:
                     from conntrace import forking
@@ -339,6 +453,8 @@ _WRAPPERS = {
 
 def _on_request_started(**kwargs: Any) -> None:
     process.request_gen += 1
+    if not process.watch_use and (STRUCTLOG_VARS is None or STRUCTLOG_VARS):
+        process.watch_use = True  # something was bound: remember it at each request's first use
     if process.pending:
         process.flush_pending()
 
@@ -371,6 +487,8 @@ def install() -> bool:
     from conntrace import forking
 
     forking.register_hooks()
+    if STRUCTLOG_VARS is None or STRUCTLOG_VARS:
+        process.watch_use = True
     process.active = True
     return True
 

@@ -26,7 +26,7 @@ from typing import Any, Optional
 from django.core.signals import request_finished
 from django.db import close_old_connections, connections
 
-from conntrace import events, instrument, process, records
+from conntrace import events, instrument, process, records, stacks
 
 # Opened in this request by the application, by the toolbar's own store, or before this request.
 REQUEST, TOOLBAR, EARLIER = "request", "toolbar", "earlier"
@@ -136,8 +136,7 @@ def start(session: Session) -> None:
         for stale in [s for s in _sessions if now - s.started_mono > STALE_S]:
             _forget(stale)
         _sessions.add(session)
-        if observe not in instrument.observers:
-            instrument.observers.append(observe)
+        instrument.add_observer(observe)
         connect_receiver_after_django()
     _current.set(session)
 
@@ -148,8 +147,7 @@ def stop(session: Session) -> None:
     with _lock:
         _forget(session)
         if not _sessions:
-            if observe in instrument.observers:
-                instrument.observers.remove(observe)
+            instrument.remove_observer(observe)
             request_finished.disconnect(dispatch_uid=RECEIVER_UID)
 
 
@@ -179,7 +177,7 @@ def connect_receiver_after_django() -> None:
 
 
 def opened_by_toolbar(record: records.ConnectionRecord) -> bool:
-    return any(code.co_filename.endswith(_STORE_FILE) for code, _ in record.stack)
+    return any(code.co_filename.endswith(_STORE_FILE) for code in stacks.codes(record.stack))
 
 
 def toolbar_in_stack(limit: int = 60) -> bool:

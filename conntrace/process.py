@@ -22,6 +22,10 @@ fork_gen: int = 0
 request_gen: int = 0
 # True between install() and uninstall().
 active: bool = False
+# True once a connection's first use in a request or after a fork must be seen: structlog
+# context to remember, a panel observing, or connections inherited through fork(). Until
+# then the ensure_connection hook (once per cursor) returns after one check.
+watch_use: bool = False
 # Reports recorded where emitting is unsafe (fork hooks, GC callbacks), emitted later.
 pending: deque[Callable[[], Any]] = deque()
 

@@ -202,10 +202,6 @@ class Registry:
         if self.history.maxlen != max_records:
             self.history = deque(self.history, maxlen=max_records)
 
-    def opened(self, record: ConnectionRecord) -> None:
-        """Register a newly opened connection."""
-        self.live[record.conn_id] = record
-
     def ended(self, record: ConnectionRecord) -> None:
         """Move a record from the open set to the history (idempotent)."""
         # Ended even when no longer listed (after clear()): an OPEN state left behind
@@ -213,6 +209,13 @@ class Registry:
         record.state = ENDED
         if self.live.pop(record.conn_id, None) is not None:
             self.history.append(record)
+
+    def reopened(self, record: ConnectionRecord) -> None:
+        """Undo ended(): the close it recorded never ran."""
+        record.state = OPEN
+        if self.history and self.history[-1] is record:
+            self.history.pop()
+        self.live[record.conn_id] = record
 
     def open_records(self) -> list[ConnectionRecord]:
         """Return the records of connections open now."""

@@ -1,9 +1,11 @@
 """Cheap stack capture, and finding the user's own line in it.
 
-Capture keeps ``(code object, instruction offset)`` pairs only: no frame
-objects, no locals. Line numbers, file names and the "is this the user's
-code?" decision are resolved later, when a stack is shown or an event is
-emitted, and cached by file name.
+Capture keeps code objects and instruction offsets only, in one flat tuple
+``(code, offset, code, offset, ...)``, innermost first: no frame objects, no
+locals, and one object per stack rather than one per frame (every record's
+stacks are freed when it leaves the bounded history). Line numbers, file
+names and the "is this the user's code?" decision are resolved later, when a
+stack is shown or an event is emitted, and cached by file name.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import importlib.util
 import os
 import sys
 import sysconfig
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import CodeType, FrameType
 from typing import Optional
 
 RawFrame = tuple[CodeType, int]
-RawStack = tuple[RawFrame, ...]
+# Flat: code, offset, code, offset... (see frames()).
+RawStack = tuple[CodeType | int, ...]
 
 # Frames of these packages are never "the user's line".
 DEFAULT_HIDDEN_MODULES = (
@@ -61,19 +64,31 @@ _ASYNC_UNSAFE = os.path.join("django", "utils", "asyncio.py")
 
 
 def capture(depth: int, skip: int = 1, getframe: Callable[[int], FrameType] = sys._getframe) -> RawStack:
-    """Return up to ``depth`` raw frames of the caller's stack, innermost first.
+    """Return up to ``depth`` raw frames of the caller's stack, innermost first, flat.
 
     ``skip`` counts frames above this function's caller to leave out.
     """
     frame: Optional[FrameType] = getframe(skip + 1)
-    out = []
+    out: list[CodeType | int] = []
     append = out.append
     while frame is not None and depth:
-        append((frame.f_code, frame.f_lasti))
+        append(frame.f_code)
+        append(frame.f_lasti)
         frame = frame.f_back
         depth -= 1
     del frame
     return tuple(out)
+
+
+def frames(stack: RawStack) -> Iterator[RawFrame]:
+    """Return the ``(code, offset)`` pairs of a raw stack, innermost first."""
+    pairs = iter(stack)
+    return zip(pairs, pairs, strict=False)  # type: ignore[arg-type]
+
+
+def codes(stack: RawStack) -> tuple[CodeType, ...]:
+    """Return the code objects of a raw stack, innermost first."""
+    return stack[::2]  # type: ignore[return-value]
 
 
 def line_of(code: CodeType, lasti: int) -> int:
@@ -181,7 +196,7 @@ class FrameFilter:
 
     def format_stack(self, stack: RawStack) -> list[str]:
         """Return every frame of ``stack`` formatted, innermost first."""
-        return [self.format_frame(raw) for raw in stack]
+        return [self.format_frame(raw) for raw in frames(stack)]
 
     def visible_stack(self, stack: RawStack) -> list[str]:
         """Return the user's frames of ``stack`` formatted.
@@ -189,10 +204,10 @@ class FrameFilter:
         When none is the user's (Django opened the connection for itself), the
         frames outside Django's database layer, so the stack still says who.
         """
-        visible = [self.format_frame(raw) for raw in stack if not self.is_hidden(raw[0].co_filename)]
+        visible = [self.format_frame(raw) for raw in frames(stack) if not self.is_hidden(raw[0].co_filename)]
         if visible:
             return visible
-        outside = [raw for raw in stack if not self._is_plumbing(raw[0].co_filename)]
+        outside = [raw for raw in frames(stack) if not self._is_plumbing(raw[0].co_filename)]
         return [self.format_frame(raw) for raw in outside[:FALLBACK_FRAMES]]
 
     def is_plumbing_or_django(self, filename: str) -> bool:
@@ -209,10 +224,10 @@ class FrameFilter:
         Falls back to the innermost frame outside conntrace and Django's
         connection plumbing when every frame is hidden.
         """
-        for raw in stack:
+        for raw in frames(stack):
             if not self.is_hidden(raw[0].co_filename):
                 return self.format_frame(raw)
-        for raw in stack:
+        for raw in frames(stack):
             if not self._is_plumbing(raw[0].co_filename):
                 return self.format_frame(raw)
         return None

@@ -52,4 +52,9 @@ DATABASES = {
     },
 }
 
-CONNTRACE = {"FORK_POLICY": os.environ.get("CONNTRACE_TEST_FORK_POLICY", "reset")}
+CONNTRACE = {
+    "FORK_POLICY": os.environ.get("CONNTRACE_TEST_FORK_POLICY", "reset"),
+    # Poll the socket at every close, so that sessions a test ends on the server side are seen
+    # however young; the default (1 s) is covered by its own test in test_instrument.py.
+    "SOCKET_CHECK_AFTER_S": 0,
+}

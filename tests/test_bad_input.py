@@ -66,6 +66,10 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("FORK_POLICY", "RESET", "'RESET'", 'one of "reset", "warn", "raise"'),
     ("FORK_POLICY", None, "None", 'one of "reset", "warn", "raise"'),
     ("FORK_POLICY", ["reset"], "a list", 'one of "reset", "warn", "raise"'),
+    ("SOCKET_CHECK_AFTER_S", -1, "-1", "a number of seconds between 0 and 86400, e.g. 1.0"),
+    ("SOCKET_CHECK_AFTER_S", float("nan"), "nan", "a number of seconds between 0 and 86400, e.g. 1.0"),
+    ("SOCKET_CHECK_AFTER_S", "1", "a str", "a number of seconds between 0 and 86400, e.g. 1.0"),
+    ("SOCKET_CHECK_AFTER_S", True, "a boolean", "a number of seconds between 0 and 86400, e.g. 1.0"),
 ]
 IDS = {
     "ENABLED": "conntrace.E003",
@@ -75,6 +79,7 @@ IDS = {
     "DOWNGRADE_CLOSE_ERRORS": "conntrace.E007",
     "MAX_RECORDS": "conntrace.E008",
     "FORK_POLICY": "conntrace.E009",
+    "SOCKET_CHECK_AFTER_S": "conntrace.E010",
 }
 
 

@@ -77,6 +77,14 @@ connection.close()
 result["connect_and_close"] = calls_into_conntrace(
     lambda: (connection.ensure_connection(), connection.close())
 )
+
+# Once structlog context is bound (a request_id), each cursor's first use is watched.
+import structlog
+
+structlog.contextvars.bind_contextvars(request_id="r-1")
+connection.ensure_connection()
+result["new_cursor_per_query_with_context"] = calls_into_conntrace(new_cursor_per_query)
+connection.close()
 print(json.dumps(result))
 """
 
@@ -110,7 +118,9 @@ def test_execute_on_an_open_cursor_never_enters_conntrace(per_query_calls):
 
 @pytest.mark.drivers
 def test_a_new_cursor_enters_conntrace_once_and_its_queries_never(per_query_calls):
+    """One call per cursor at most: the use hook, which returns at once while nothing needs it."""
     assert per_query_calls["new_cursor_per_query"] == {ENSURE_WRAPPER: 50}
+    assert per_query_calls["new_cursor_per_query_with_context"] == {ENSURE_WRAPPER: 50}
 
 
 @pytest.mark.drivers

@@ -46,6 +46,7 @@ def test_unknown_key_is_e002_and_names_the_known_keys(settings):
         ("DOWNGRADE_CLOSE_ERRORS", 1, "conntrace.E007"),
         ("MAX_RECORDS", -1, "conntrace.E008"),
         ("FORK_POLICY", "heal", "conntrace.E009"),
+        ("SOCKET_CHECK_AFTER_S", -0.5, "conntrace.E010"),
     ],
 )
 def test_each_bad_value_has_its_own_id_and_a_hint_that_says_what_to_write(settings, key, value, error_id):

@@ -215,6 +215,84 @@ def test_session_killed_by_the_server_then_closed_reports_closed_by_server(captu
     assert connection.connection is not None
 
 
+def _terminate_current_session(pg) -> int:
+    backend = (
+        connection.connection.info.backend_pid
+        if hasattr(connection.connection, "info")
+        else connection.connection.get_backend_pid()
+    )
+    pg.psql(f"SELECT pg_terminate_backend({backend})")
+    return backend
+
+
+@pytest.mark.drivers
+def test_sessions_younger_than_socket_check_after_s_rely_on_the_drivers_flag(captured, pg, settings):
+    """The socket is polled at close only from SOCKET_CHECK_AFTER_S on (1 s by default).
+
+    A younger session the server ended unseen (no query since) reads as a normal
+    close: any query after the end would have set the driver's own flag.
+    """
+    import time
+
+    settings.CONNTRACE = {**settings.CONNTRACE, "SOCKET_CHECK_AFTER_S": 0.5}
+    connection.close()
+    open_and_query()
+    _terminate_current_session(pg)
+    time.sleep(0.1)
+    connection.close()
+    assert named(captured, "connection_double_close") == []
+    assert conntrace.history()[-1]["closes"][-1]["outcome"] == "closed"
+
+    open_and_query()
+    backend = _terminate_current_session(pg)
+    time.sleep(0.6)
+    connection.close()
+    [event] = named(captured, "connection_double_close")
+    assert (event["closed_by"], event["backend_pid"]) == ("server", backend)
+
+
+@pytest.mark.drivers
+def test_a_query_after_the_server_ended_a_young_session_is_seen_without_the_socket_check(
+    captured, pg, settings
+):
+    import time
+
+    from django.db import OperationalError
+
+    settings.CONNTRACE = {**settings.CONNTRACE, "SOCKET_CHECK_AFTER_S": 60}
+    connection.close()
+    open_and_query()
+    _terminate_current_session(pg)
+    time.sleep(0.1)
+    with pytest.raises(OperationalError):
+        open_and_query()
+    connection.close()
+    [event] = named(captured, "connection_double_close")
+    assert event["closed_by"] == "server"
+
+
+def test_close_from_async_code_raises_djangos_error_and_the_session_stays_recorded(captured):
+    """Django refuses to close from an event loop before doing anything: conntrace records nothing."""
+    import asyncio
+
+    from django.core.exceptions import SynchronousOnlyOperation
+
+    connection.close()
+    open_and_query()
+    [opened] = [r for r in conntrace.live() if r["alias"] == "default"]
+
+    async def close_in_event_loop() -> None:
+        connection.close()
+
+    with pytest.raises(SynchronousOnlyOperation):
+        asyncio.run(close_in_event_loop())
+    [still] = [r for r in conntrace.live() if r["alias"] == "default"]
+    assert (still["conn_id"], still["close_count"], still["closes"]) == (opened["conn_id"], 0, [])
+    connection.close()
+    assert conntrace.history()[-1]["closes"][0]["outcome"] == "closed"
+    assert [e for e in captured if e["log_level"] == "warning"] == []
+
+
 def test_close_error_is_downgraded_to_a_warning(captured):
     connection.close()
     open_and_query()

@@ -164,9 +164,9 @@ def close_holding_a_big_local() -> weakref.ref:
 
 
 def assert_raw_stack(stack: Any) -> None:
-    for item in stack:
-        assert type(item) is tuple and len(item) == 2
-        code, lasti = item
+    """A raw stack is one flat tuple of code objects and instruction offsets, nothing else."""
+    assert type(stack) is tuple and len(stack) % 2 == 0
+    for code, lasti in zip(stack[::2], stack[1::2], strict=True):
         assert type(code) is types.CodeType and type(lasti) is int
 
 
