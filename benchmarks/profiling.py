@@ -23,7 +23,8 @@ from typing import Any
 
 from benchmarks.run import ROOT
 
-METHODS = ("connect", "close", "ensure_connection")
+# The use hook (_cursor) is timed only where conntrace installed it (structlog context bound).
+METHODS = ("connect", "close", "_cursor")
 
 
 def _setup(json_events: bool) -> None:
@@ -62,21 +63,22 @@ def overhead_per_method(cycles: int, workload: str = "W1") -> dict[str, dict[str
     diffs: dict[str, list[int]] = defaultdict(list)
 
     def time_original(name: str, original: Any) -> Any:
-        def timed(self: Any) -> Any:
+        def timed(self: Any, *args: Any) -> Any:
             t0 = clock()
             try:
-                return original(self)
+                return original(self, *args)
             finally:
-                inner[name][-1] += clock() - t0
+                if inner[name]:  # called from our wrapper
+                    inner[name][-1] += clock() - t0
 
         return timed
 
     def time_wrapper(name: str, wrapper: Any) -> Any:
-        def timed(self: Any) -> Any:
+        def timed(self: Any, *args: Any) -> Any:
             inner[name].append(0)
             t0 = clock()
             try:
-                return wrapper(self)
+                return wrapper(self, *args)
             finally:
                 total = clock() - t0
                 diffs[name].append(total - inner[name].pop())
@@ -91,7 +93,9 @@ def overhead_per_method(cycles: int, workload: str = "W1") -> dict[str, dict[str
             setattr(BaseDatabaseWrapper, name, time_original(name, saved[name]))
         conntrace.install()
         for name in METHODS:
-            setattr(BaseDatabaseWrapper, name, time_wrapper(name, BaseDatabaseWrapper.__dict__[name]))
+            current = BaseDatabaseWrapper.__dict__[name]
+            if getattr(current, instrument.MARK, None) is not None:
+                setattr(BaseDatabaseWrapper, name, time_wrapper(name, current))
         run = workloads.RUNNERS[workload]
         for round_cycles in (cycles // 10, cycles):
             diffs.clear()

@@ -178,7 +178,7 @@ def _after_in_child() -> None:
         # Everything open here was opened by the parent, in any of its threads.
         inherited = records.registry.open_records()
         if inherited:
-            process.watch_use = True  # their first use here is reported (warn) or raises (raise)
+            instrument.watch_uses()  # their first use here is reported (warn) or raises (raise)
         for record in inherited:
             record.inherited = True
             record.fork_policy = policy

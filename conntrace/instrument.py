@@ -1,10 +1,12 @@
 """The thin wrappers around Django's ``BaseDatabaseWrapper``: install, uninstall, is_installed.
 
-Three methods of the base class are wrapped, once, behind a marker that
-keeps the original: ``connect`` (a session is established), ``close`` (every
-close attempt and its outcome) and ``ensure_connection`` (the first use of a
-connection in a request, and use after a fork). Every backend that inherits
-them, built-in or third-party, is covered without per-backend code.
+Methods of the base class are wrapped, once, behind a marker that keeps
+the original: ``connect`` (a session is established) and ``close`` (every
+close attempt and its outcome) always; ``_cursor`` (the first use of a
+connection in a request, and use after a fork) only once something needs
+uses seen (watch_uses()). Every backend that inherits them, built-in or
+third-party, is covered without per-backend code. ``ensure_connection`` is
+left alone: test runners (pytest-django) swap it themselves.
 
 Bookkeeping runs around the original call and is fenced: a failure inside
 conntrace is reported once and the database call goes on unchanged.
@@ -73,7 +75,7 @@ def add_observer(observer: Callable[[str, Any, records.ConnectionRecord], None])
     """Call ``observer`` at every open, first use in a request, and close (a debugging tool's hook)."""
     if observer not in observers:
         observers.append(observer)
-    process.watch_use = True
+    watch_uses()
 
 
 def remove_observer(observer: Callable[[str, Any, records.ConnectionRecord], None]) -> None:
@@ -112,7 +114,8 @@ def _open_record(wrapper: Any) -> records.ConnectionRecord:
     record.pooled = bool(wrapper.settings_dict.get("OPTIONS", {}).get("pool"))
     if STRUCTLOG_VARS is None or STRUCTLOG_VARS:
         snapshot_context(record)
-        process.watch_use = True  # also at each later request's first use
+        if not process.watch_use:
+            watch_uses()  # also at each later request's first use
     else:
         record.context_gen = process.request_gen  # nothing was ever bound: nothing to copy
     wrapper_dict = wrapper.__dict__
@@ -230,6 +233,11 @@ def _wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def connect(self: Any) -> Any:
         if not process.active:
             return original(self)
+        if process.watch_use and INHERITED_ATTR in self.__dict__:
+            # The first use of a connection discarded under FORK_POLICY "raise" (it reconnects).
+            from conntrace import forking
+
+            forking.on_discarded_use(self)
         record = previous = before = None
         debug = False
         try:
@@ -413,10 +421,8 @@ def _caller_stacklevel() -> int:
     return level
 
 
-def _wrap_ensure_connection(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def ensure_connection(self: Any) -> Any:
-        if not process.watch_use:
-            return original(self)
+def _wrap_use(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _cursor(self: Any, name: Any = None) -> Any:
         if process.active and self.connection is not None:
             record = self.__dict__.get(RECORD_ATTR)
             # An ended record here belongs to a closed session whose wrapper reconnects next.
@@ -436,16 +442,31 @@ def _wrap_ensure_connection(original: Callable[[Any], Any]) -> Callable[[Any], A
             from conntrace import forking
 
             forking.on_discarded_use(self)
-        return original(self)
+        return original(self, name)
 
-    return ensure_connection
+    return _cursor
 
 
+# Always wrapped while installed.
 _WRAPPERS = {
     "connect": _wrap_connect,
     "close": _wrap_close,
-    "ensure_connection": _wrap_ensure_connection,
 }
+# The use hook: every cursor passes through BaseDatabaseWrapper._cursor. Wrapped only once
+# something needs a connection's first use seen (watch_uses()), so that until then a
+# cursor never enters conntrace.
+USE_METHOD = "_cursor"
+
+
+def watch_uses() -> None:
+    """Start seeing each connection's first use in a request and after a fork (idempotent).
+
+    Called when structlog context was bound (its ``request_id`` is remembered per
+    request), when a panel observes, and in a child that inherited connections.
+    """
+    process.watch_use = True
+    if process.active:
+        _wrap(USE_METHOD, _wrap_use)
 
 
 # --------------------------------------------------------------------------- signals
@@ -454,7 +475,7 @@ _WRAPPERS = {
 def _on_request_started(**kwargs: Any) -> None:
     process.request_gen += 1
     if not process.watch_use and (STRUCTLOG_VARS is None or STRUCTLOG_VARS):
-        process.watch_use = True  # something was bound: remember it at each request's first use
+        watch_uses()  # something was bound: remember it at each request's first use
     if process.pending:
         process.flush_pending()
 
@@ -470,33 +491,38 @@ def install() -> bool:
     if not conf.get()["ENABLED"]:
         return False
     for name, make in _WRAPPERS.items():
-        current = BaseDatabaseWrapper.__dict__[name]
-        if getattr(current, MARK, None) is not None:
-            continue
-        if _find_ours(current):
-            # Another library (or Django's SimpleTestCase) wrapped ours: it reactivates, no second layer.
-            continue
-        wrapper = make(current)
-        wrapper.__name__ = current.__name__
-        wrapper.__qualname__ = current.__qualname__
-        wrapper.__doc__ = current.__doc__
-        setattr(wrapper, MARK, current)
-        setattr(BaseDatabaseWrapper, name, wrapper)
+        _wrap(name, make)
     records.registry.resize(conf.get()["MAX_RECORDS"])
     request_started.connect(_on_request_started, dispatch_uid="conntrace.request_started")
     from conntrace import forking
 
     forking.register_hooks()
-    if STRUCTLOG_VARS is None or STRUCTLOG_VARS:
-        process.watch_use = True
     process.active = True
+    if process.watch_use or STRUCTLOG_VARS is None or STRUCTLOG_VARS:
+        watch_uses()
     return True
+
+
+def _wrap(name: str, make: Callable[[Any], Any]) -> None:
+    """Put our wrapper on ``BaseDatabaseWrapper.name`` unless it is there already."""
+    current = BaseDatabaseWrapper.__dict__[name]
+    if getattr(current, MARK, None) is not None:
+        return
+    if _find_ours(current):
+        # Another library (or Django's SimpleTestCase) wrapped ours: it reactivates, no second layer.
+        return
+    wrapper = make(current)
+    wrapper.__name__ = current.__name__
+    wrapper.__qualname__ = current.__qualname__
+    wrapper.__doc__ = current.__doc__
+    setattr(wrapper, MARK, current)
+    setattr(BaseDatabaseWrapper, name, wrapper)
 
 
 def uninstall() -> None:
     """Restore Django's original methods (records already made are kept)."""
     process.active = False
-    for name in _WRAPPERS:
+    for name in (*_WRAPPERS, USE_METHOD):
         current = BaseDatabaseWrapper.__dict__[name]
         original = getattr(current, MARK, None)
         # Where another library wrapped ours, the chain stays intact and ours is inert.

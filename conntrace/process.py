@@ -24,7 +24,7 @@ request_gen: int = 0
 active: bool = False
 # True once a connection's first use in a request or after a fork must be seen: structlog
 # context to remember, a panel observing, or connections inherited through fork(). Until
-# then the ensure_connection hook (once per cursor) returns after one check.
+# then the use hook (BaseDatabaseWrapper._cursor) is not even installed.
 watch_use: bool = False
 # Reports recorded where emitting is unsafe (fork hooks, GC callbacks), emitted later.
 pending: deque[Callable[[], Any]] = deque()

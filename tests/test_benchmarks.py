@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ENSURE_WRAPPER = "_wrap_ensure_connection.<locals>.ensure_connection"
+USE_WRAPPER = "_wrap_use.<locals>._cursor"
 
 
-# Run in a process of its own, as an application runs: Django's test framework wraps
-# BaseDatabaseWrapper.ensure_connection itself, and conntrace's wrapper would be counted twice.
+# Run in a process of its own, as an application runs, with nothing bound in structlog's context
+# and no panel: the test suite's own process has both by now.
 COUNTING_SCRIPT = r"""
 import json, os, sys
 from collections import Counter
@@ -117,10 +117,15 @@ def test_execute_on_an_open_cursor_never_enters_conntrace(per_query_calls):
 
 
 @pytest.mark.drivers
-def test_a_new_cursor_enters_conntrace_once_and_its_queries_never(per_query_calls):
-    """One call per cursor at most: the use hook, which returns at once while nothing needs it."""
-    assert per_query_calls["new_cursor_per_query"] == {ENSURE_WRAPPER: 50}
-    assert per_query_calls["new_cursor_per_query_with_context"] == {ENSURE_WRAPPER: 50}
+def test_a_new_cursor_never_enters_conntrace_until_uses_are_watched(per_query_calls):
+    """No call per cursor in a plain application: the use hook is not even installed."""
+    assert per_query_calls["new_cursor_per_query"] == {}
+
+
+@pytest.mark.drivers
+def test_with_structlog_context_bound_a_cursor_enters_conntrace_once(per_query_calls):
+    """Once a request_id is bound, each cursor passes the use hook once; its queries never do."""
+    assert per_query_calls["new_cursor_per_query_with_context"] == {USE_WRAPPER: 50}
 
 
 @pytest.mark.drivers

@@ -374,7 +374,7 @@ def test_install_twice_does_not_stack_wrappers_and_uninstall_restores_django():
     assert getattr(wrapped, instrument.MARK).__qualname__ == "BaseDatabaseWrapper.connect"
     assert not hasattr(getattr(wrapped, instrument.MARK), instrument.MARK)
     conntrace.uninstall()
-    for name in ("connect", "close", "ensure_connection"):
+    for name in ("connect", "close", "_cursor"):
         assert not hasattr(BaseDatabaseWrapper.__dict__[name], instrument.MARK)
     assert not conntrace.is_installed()
     connection.close()
@@ -525,19 +525,19 @@ def test_no_warning_at_all_for_a_clean_application(captured, conn_max_age):
 
 def test_install_does_not_add_a_layer_over_a_foreign_wrapper_of_ours():
     """Django's SimpleTestCase (and libraries such as Sentry) wrap the method conntrace wrapped."""
-    ours = BaseDatabaseWrapper.__dict__["ensure_connection"]
+    ours = BaseDatabaseWrapper.__dict__["connect"]
 
     def foreign(self):
         return ours(self)
 
-    BaseDatabaseWrapper.ensure_connection = foreign
+    BaseDatabaseWrapper.connect = foreign
     try:
         conntrace.uninstall()
         assert not conntrace.is_installed()
         conntrace.install()
-        assert BaseDatabaseWrapper.__dict__["ensure_connection"] is foreign
+        assert BaseDatabaseWrapper.__dict__["connect"] is foreign
         connection.close()
         open_and_query()
         assert [r["alias"] for r in conntrace.live()] == ["default"]
     finally:
-        BaseDatabaseWrapper.ensure_connection = ours
+        BaseDatabaseWrapper.connect = ours
