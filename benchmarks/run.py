@@ -52,6 +52,9 @@ QUICK = {
     "mem_warmup": 3_000,
 }
 MEM_CONTENDERS = ("baseline", "conntrace-quiet", "conntrace-json")
+# Per-query workloads whose calls into conntrace are also counted (deterministic, see report.py).
+COUNTED = ("W2", "W2c")
+COUNTED_OPS = 200
 PACKAGES = (
     "Django",
     "psycopg2-binary",
@@ -331,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         rounds, slices = plan["inprocess_rounds"], plan["slices"]
         say(f"in-process phase: {rounds} rounds x {slices} slices, ops per slice {ops}")
         inprocess = run_inprocess(inproc, ops, plan["inprocess_rounds"], plan["slices"], say)
+        calls = {w: inproc.ask(cmd="count", workload=w, n=COUNTED_OPS) for w in selected if w in COUNTED}
+        for workload, counted in calls.items():
+            say(f"  calls into conntrace per {workload} operation (counted): {counted['calls_per_op']:g}")
         inproc.close()
         say(f"cross-process phase: {plan['cross_rounds']} rounds x {plan['slices']} slices")
         cross = run_cross(workers, ops, plan["cross_rounds"], plan["slices"], say)
@@ -351,10 +357,11 @@ def main(argv: list[str] | None = None) -> int:
             "units": contenders.UNITS,
             "workloads": {w: workloads.DESCRIPTIONS[w] for w in selected},
             "inprocess": inprocess,
+            "calls": calls,
             "cross": cross,
             "mem": mem,
         }
-        results["verdicts"] = report.verdicts(inprocess, cross, mem)
+        results["verdicts"] = report.verdicts(inprocess, cross, mem, calls)
         results["problems"] = active_problems(results)
     finally:
         for worker in [*workers.values(), *([inproc] if inproc else [])]:

@@ -94,6 +94,34 @@ class Worker:
             "instrumented": contenders.instrumented(self.contender),
         }
 
+    def count(self, workload: str, n: int) -> dict[str, Any]:
+        """Count the calls into conntrace's code while ``workload`` runs ``n`` operations (quiet mode).
+
+        Deterministic, unlike a timing: a per-query path that never enters conntrace costs
+        nothing whatever the timing's resolution on a noisy machine.
+        """
+        import conntrace
+        from benchmarks import workloads
+
+        self.switch("quiet")
+        workloads.reset_connection()
+        self.workload = workload
+        workloads.RUNNERS[workload](1)  # opens the connection: that call is not per operation
+        package = os.path.join(os.path.dirname(os.path.abspath(conntrace.__file__)), "")
+        calls: dict[str, int] = {}
+
+        def hook(frame: Any, event: str, arg: Any) -> None:
+            if event == "call" and frame.f_code.co_filename.startswith(package):
+                name = frame.f_code.co_qualname
+                calls[name] = calls.get(name, 0) + 1
+
+        sys.setprofile(hook)
+        try:
+            workloads.RUNNERS[workload](n)
+        finally:
+            sys.setprofile(None)
+        return {"ops": n, "calls_per_op": sum(calls.values()) / n, "functions": calls}
+
     def mem(self, cycles: int, warmup: int) -> dict[str, Any]:
         from django.db import connections
 
@@ -155,6 +183,8 @@ def serve(worker: Worker, commands: TextIO, answers: TextIO) -> None:
                 answer(worker.sample(**command))
             elif kind == "mem":
                 answer(worker.mem(**command))
+            elif kind == "count":
+                answer(worker.count(**command))
             else:
                 answer({"error": f"unknown command {kind!r}"})
         except Exception:

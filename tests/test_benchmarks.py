@@ -208,3 +208,15 @@ def test_quick_benchmark_checks_that_each_contender_was_active(quick_run):
     quiet_mem = results["mem"]["conntrace-quiet"]
     assert quiet_mem["history_records"] <= 500  # bounded by MAX_RECORDS
     assert quiet_mem["live_records"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_quick_benchmark_counts_no_call_into_conntrace_on_the_per_query_workloads(quick_run):
+    """The W2 verdict rests on this count: timing cannot resolve 1 % on this machine."""
+    results, stdout = quick_run
+    assert results["calls"]["W2"]["calls_per_op"] == 0
+    assert results["calls"]["W2c"]["calls_per_op"] == 0
+    [w2] = [row for row in results["verdicts"] if row["workload"] == "W2"]
+    assert w2["ok"] and w2["basis"] == "0 calls into conntrace per operation (counted)"
+    assert "| yes: 0 calls into conntrace per operation (counted) |" in stdout
