@@ -120,7 +120,7 @@ def _open_record(wrapper: Any) -> records.ConnectionRecord:
         record.context_gen = process.request_gen  # nothing was ever bound: nothing to copy
     wrapper_dict = wrapper.__dict__
     ref = wrapper_dict.get(REF_ATTR)
-    if ref is None:
+    if ref is None or ref() is not wrapper:  # none yet, or copied from another wrapper
         ref = wrapper_dict[REF_ATTR] = _WrapperRef(wrapper)
         _watched[id(ref)] = ref
     record.wrapper_ref = ref
@@ -170,14 +170,20 @@ def _connected(
     if conn is None or conn is before:
         _unregister(wrapper, record, previous)
         return
-    if previous is not None and previous.state == records.OPEN:
-        # connect() on a wrapper that was already connected drops the old session.
+    if previous is not None and previous.state == records.OPEN and _held_by(previous, wrapper):
+        # connect() on a wrapper that was already connected drops the old session (the
+        # record may also be a copied wrapper's: copy.copy() shares the attribute).
         _on_abandon_now(previous)
     record.backend_pid = drivers.backend_pid(conn)
     if debug:
         events.emit(DEBUG, events.CONNECTION_OPENED, base_fields(record))
     if observers:
         _notify("opened", wrapper, record)
+
+
+def _held_by(record: records.ConnectionRecord, wrapper: Any) -> bool:
+    ref = record.wrapper_ref
+    return ref is not None and ref() is wrapper
 
 
 def _on_abandon_now(record: records.ConnectionRecord) -> None:

@@ -293,6 +293,27 @@ def test_close_from_async_code_raises_djangos_error_and_the_session_stays_record
     assert [e for e in captured if e["log_level"] == "warning"] == []
 
 
+def test_a_shallow_copy_of_a_connected_wrapper_gets_records_of_its_own(captured):
+    """copy.copy() shares conntrace's attributes: the copy's connect must not end the original's record."""
+    import copy
+
+    from django.db import connections
+
+    lite = connections["lite"]
+    original = type(lite)(lite.settings_dict, alias="lite-copied")
+    original.ensure_connection()
+    duplicate = copy.copy(original)
+    duplicate.connection = None
+    [kept] = [r for r in conntrace.live() if r["alias"] == "lite-copied"]
+    duplicate.ensure_connection()
+    duplicate.close()
+    assert [r["conn_id"] for r in conntrace.live() if r["alias"] == "lite-copied"] == [kept["conn_id"]]
+    assert conntrace.history()[-1]["closes"][0]["outcome"] == "closed"
+    original.close()
+    assert [r for r in conntrace.live() if r["alias"] == "lite-copied"] == []
+    assert [e for e in captured if e["log_level"] == "warning"] == []
+
+
 def test_close_error_is_downgraded_to_a_warning(captured):
     connection.close()
     open_and_query()
