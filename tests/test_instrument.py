@@ -314,6 +314,41 @@ def test_a_shallow_copy_of_a_connected_wrapper_gets_records_of_its_own(captured)
     assert [e for e in captured if e["log_level"] == "warning"] == []
 
 
+@pytest.mark.drivers
+def test_a_connect_that_fails_leaves_no_record_behind(captured):
+    """The record is registered before the driver's connect; a refused connect takes it back."""
+    from django.db import OperationalError
+
+    pg = connections["default"]
+    unreachable = type(pg)({**pg.settings_dict, "HOST": "127.0.0.1", "PORT": "1"}, alias="unreachable")
+    before = {r["conn_id"] for r in conntrace.live()}
+    for _ in range(2):
+        with pytest.raises(OperationalError):
+            unreachable.ensure_connection()
+    assert {r["conn_id"] for r in conntrace.live()} == before
+    assert [r for r in conntrace.history() if r["alias"] == "unreachable"] == []
+    assert instrument.record_of(unreachable) is None
+    assert [e for e in captured if e["log_level"] != "debug"] == []
+    unreachable.close()  # Django's close on a never-connected wrapper: nothing to record
+    assert [e for e in captured if e["log_level"] != "debug"] == []
+
+
+def test_a_failed_reconnect_keeps_the_previous_record_ended(captured):
+    from django.db import OperationalError
+
+    lite = connections["lite"]
+    wrapper = type(lite)(lite.settings_dict, alias="lite-reconnect")
+    wrapper.ensure_connection()
+    wrapper.close()
+    first = instrument.record_of(wrapper)
+    wrapper.settings_dict = {**wrapper.settings_dict, "NAME": "/nonexistent-dir/x.sqlite3"}
+    with pytest.raises(OperationalError):
+        wrapper.ensure_connection()
+    assert instrument.record_of(wrapper) is first and first.state == "closed"
+    assert [r for r in conntrace.live() if r["alias"] == "lite-reconnect"] == []
+    assert [e for e in captured if e["log_level"] != "debug"] == []
+
+
 def test_close_error_is_downgraded_to_a_warning(captured):
     connection.close()
     open_and_query()
