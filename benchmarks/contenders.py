@@ -188,11 +188,11 @@ def events_rendered() -> int:
 def _last_conn_id() -> int:
     from django.db import connections
 
-    from conntrace import instrument
+    from conntrace import lifecycle
 
     ids = [0]
     for conn in connections.all(initialized_only=True):
-        record = instrument.record_of(conn)
+        record = lifecycle.record_of(conn)
         if record is not None:
             ids.append(record.conn_id)
     return max(ids)

@@ -33,7 +33,7 @@ import threading
 from functools import partial
 from typing import Any, Optional
 
-from conntrace import conf, drivers, events, instrument, process, records, stacks
+from conntrace import conf, drivers, events, instrument, lifecycle, process, records, stacks
 from conntrace.exceptions import InheritedConnectionError
 from conntrace.fields import base_fields
 
@@ -259,8 +259,8 @@ def _discard_record(record: records.ConnectionRecord, raise_on_use: bool = False
         wrapper.connection = None
         wrapper.closed_in_transaction = False
         if raise_on_use:
-            wrapper.__dict__[instrument.INHERITED_ATTR] = record
-    instrument.end_without_close(record, DISCARDED, closed_by=how)
+            wrapper.__dict__[lifecycle.INHERITED_ATTR] = record
+    lifecycle.end_without_close(record, DISCARDED, closed_by=how)
 
 
 def _discard_pool(alias: str, pool: Any, idle: list[Any]) -> None:
@@ -366,7 +366,7 @@ def _error(record: records.ConnectionRecord) -> InheritedConnectionError:
 
 def on_discarded_use(wrapper: Any) -> None:
     """Raise for the first use of a connection discarded under the ``raise`` policy."""
-    record = wrapper.__dict__.pop(instrument.INHERITED_ATTR, None)
+    record = wrapper.__dict__.pop(lifecycle.INHERITED_ATTR, None)
     if record is None:
         return
     if process.pending:

@@ -1,7 +1,7 @@
 """Which database connections one toolbar request used, from the panel's start to ``request_finished``.
 
 While the Connections panel is enabled for a request, :func:`observe` is one of
-conntrace's ``instrument.observers``: it is registered when the first such
+conntrace's ``lifecycle.observers``: it is registered when the first such
 request starts and removed when the last one ends, so nothing listens while no
 toolbar request is in flight. A request is found through a context variable
 (WSGI, and the threads ASGI runs sync code in) or, at ``request_finished`` under

@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Any, TextIO
 
-from conntrace import conf, drivers, events, forking, instrument, process, records, stacks
+from conntrace import conf, drivers, events, forking, instrument, lifecycle, process, records, stacks
 
 EXIT_CLEAN = 0
 EXIT_OPEN = 1
@@ -187,7 +187,7 @@ def _untracked(tracked: list[records.ConnectionRecord]) -> list[dict[str, Any]]:
     for wrapper in connections.all(initialized_only=True):
         if wrapper.connection is None:
             continue
-        record = instrument.record_of(wrapper)
+        record = lifecycle.record_of(wrapper)
         if record is not None and id(record) in seen:
             continue
         found.append(

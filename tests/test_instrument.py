@@ -13,7 +13,7 @@ from django.db import connection, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 import conntrace
-from conntrace import CloseErrorWarning, events, instrument, process
+from conntrace import CloseErrorWarning, events, instrument, lifecycle, process
 from tests.conftest import named
 from tests.faults import FailingClose
 
@@ -327,7 +327,7 @@ def test_a_connect_that_fails_leaves_no_record_behind(captured):
             unreachable.ensure_connection()
     assert {r["conn_id"] for r in conntrace.live()} == before
     assert [r for r in conntrace.history() if r["alias"] == "unreachable"] == []
-    assert instrument.record_of(unreachable) is None
+    assert lifecycle.record_of(unreachable) is None
     assert [e for e in captured if e["log_level"] != "debug"] == []
     unreachable.close()  # Django's close on a never-connected wrapper: nothing to record
     assert [e for e in captured if e["log_level"] != "debug"] == []
@@ -340,11 +340,11 @@ def test_a_failed_reconnect_keeps_the_previous_record_ended(captured):
     wrapper = type(lite)(lite.settings_dict, alias="lite-reconnect")
     wrapper.ensure_connection()
     wrapper.close()
-    first = instrument.record_of(wrapper)
+    first = lifecycle.record_of(wrapper)
     wrapper.settings_dict = {**wrapper.settings_dict, "NAME": "/nonexistent-dir/x.sqlite3"}
     with pytest.raises(OperationalError):
         wrapper.ensure_connection()
-    assert instrument.record_of(wrapper) is first and first.state == "closed"
+    assert lifecycle.record_of(wrapper) is first and first.state == "closed"
     assert [r for r in conntrace.live() if r["alias"] == "lite-reconnect"] == []
     assert [e for e in captured if e["log_level"] != "debug"] == []
 

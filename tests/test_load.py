@@ -27,7 +27,7 @@ from django.db.backends.postgresql.base import DatabaseWrapper
 from django.test import RequestFactory
 
 import conntrace
-from conntrace import instrument, process
+from conntrace import lifecycle, process
 from tests.conftest import named
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -165,14 +165,14 @@ def test_abandoned_connections_leave_nothing_behind(captured):
     lite = connections["lite"].settings_dict
     backend = type(connections["lite"])
     gc.collect()  # wrappers earlier tests dropped: their references leave _watched now, not below
-    watched_before = len(instrument._watched)
+    watched_before = len(lifecycle._watched)
     for _ in range(2_000):
         wrapper = backend(lite, alias="lite-abandoned")
         wrapper.ensure_connection()
         del wrapper  # no close(): the garbage collector finds it in a reference cycle
     gc.collect()
     assert [r for r in conntrace.live() if r["alias"] == "lite-abandoned"] == []  # also flushes reports
-    assert len(instrument._watched) == watched_before
+    assert len(lifecycle._watched) == watched_before
     assert not process.pending
     assert (
         len([e for e in named(captured, "connection_abandoned") if e["alias"] == "lite-abandoned"]) == 2_000

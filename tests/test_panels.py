@@ -32,7 +32,7 @@ from django.http import HttpRequest, HttpResponse
 from django.test import override_settings
 from django.urls import include, path
 
-from conntrace import CloseErrorWarning, instrument, panel_tracking, panels
+from conntrace import CloseErrorWarning, lifecycle, panel_tracking, panels
 from tests import pgserver
 from tests.app.models import Setting
 from tests.faults import FailingClose
@@ -70,7 +70,7 @@ observers_seen_by_views: list[list[Any]] = []
 
 
 def spy_view(request: HttpRequest) -> HttpResponse:
-    observers_seen_by_views.append(list(instrument.observers))
+    observers_seen_by_views.append(list(lifecycle.observers))
     Setting.objects.count()
     return html("spy")
 
@@ -396,7 +396,7 @@ def test_disabled_panel_registers_nothing_and_records_nothing(toolbar):
     observers_seen_by_views.clear()
     served = serve("/spy/", cookie="djdtConnectionsPanel=off")
     assert observers_seen_by_views == [[]]
-    assert instrument.observers == []
+    assert lifecycle.observers == []
     assert not receiver_connected()
     assert stored(served.request_id) == {}
     assert 'class="ConnectionsPanel"' not in served.body
@@ -406,7 +406,7 @@ def test_enabled_panel_listens_only_while_its_request_runs(toolbar):
     observers_seen_by_views.clear()
     serve("/spy/")
     assert observers_seen_by_views == [[panel_tracking.observe]]
-    assert instrument.observers == []
+    assert lifecycle.observers == []
     assert not receiver_connected()
 
 
@@ -455,7 +455,7 @@ def test_under_asgi_the_request_end_close_is_stored_too(toolbar):
     assert entry["opened_thread"] != threading.current_thread().name  # the view ran in a worker thread
     assert closes(entry) == [("closed", "at request end", REQUEST_END)]
     assert stats["request_end"] == "seen"
-    assert instrument.observers == []
+    assert lifecycle.observers == []
 
 
 @pytest.fixture

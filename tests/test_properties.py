@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 import conntrace
-from conntrace import instrument, records
+from conntrace import lifecycle, records
 from tests import pgserver
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -82,7 +82,7 @@ class ConnectionLife(RuleBasedStateMachine):
     # ------------------------------------------------------------------ helpers
 
     def record(self, index: int) -> Optional[records.ConnectionRecord]:
-        return instrument.record_of(self.wrappers[index])
+        return lifecycle.record_of(self.wrappers[index])
 
     def expect_close(self, index: int) -> None:
         """Append the outcome the next close of wrapper ``index`` must record."""
@@ -191,7 +191,7 @@ class ConnectionLife(RuleBasedStateMachine):
             wrapper = type(template)(template.settings_dict, alias=f"{PREFIX}thread-{vendor}")
             with wrapper.cursor() as cursor:
                 cursor.execute("SELECT 1")
-            made.append(instrument.record_of(wrapper))
+            made.append(lifecycle.record_of(wrapper))
             if not leave_open:
                 wrapper.close()
 

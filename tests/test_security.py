@@ -28,7 +28,7 @@ from django.test import override_settings
 from django.urls import include, path
 
 import conntrace
-from conntrace import CloseErrorWarning, events, instrument, records
+from conntrace import CloseErrorWarning, events, lifecycle, records
 from tests import pgserver
 from tests.faults import FailingClose
 from tests.wsgi import serve_wsgi
@@ -86,7 +86,7 @@ def test_no_event_record_or_warning_contains_the_password(dsn_wrapper, captured,
         dsn_wrapper.close()
     assert [type(w.message) for w in caught] == [CloseErrorWarning]
     dsn_wrapper.ensure_connection()
-    killed = instrument.record_of(dsn_wrapper).backend_pid
+    killed = lifecycle.record_of(dsn_wrapper).backend_pid
     pg.psql(f"SELECT pg_terminate_backend({killed})")
     for _ in range(100):  # until the backend has gone and its goodbye reached the socket
         if pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE pid = {killed}").strip() == "0":
@@ -266,7 +266,7 @@ def hostile_view(request: HttpRequest) -> HttpResponse:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CloseErrorWarning)
         connection.close()
-    opened_by["observers"] = list(instrument.observers)
+    opened_by["observers"] = list(lifecycle.observers)
     return HttpResponse("<html><body>hostile</body></html>")
 
 
