@@ -53,6 +53,11 @@ STRUCTLOG_VARS: Optional[dict[str, Any]] = getattr(structlog.contextvars, "_CONT
 _STRUCTLOG_PREFIX_LEN = len(getattr(structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "structlog_"))
 
 
+def context_ever_bound() -> bool:
+    """Return True once anything was bound in structlog's context (or when that cannot be told)."""
+    return STRUCTLOG_VARS is None or bool(STRUCTLOG_VARS)
+
+
 def snapshot_context(record: records.ConnectionRecord) -> None:
     """Remember the structlog context bound now (a request's ``request_id``) on ``record``."""
     record.context_gen = process.request_gen

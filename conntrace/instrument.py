@@ -25,7 +25,7 @@ from django.core.signals import request_started
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from conntrace import conf, events, lifecycle, process, records
-from conntrace.fields import STRUCTLOG_VARS, snapshot_context
+from conntrace.fields import context_ever_bound, snapshot_context
 from conntrace.lifecycle import INHERITED_ATTR, RECORD_ATTR, observers
 
 MARK = "_conntrace_original"
@@ -65,7 +65,7 @@ def _wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
             previous = self.__dict__.get(RECORD_ATTR)
             before = self.connection
             record = lifecycle.open_record(self)
-            if not process.watch_use and (STRUCTLOG_VARS is None or STRUCTLOG_VARS):
+            if not process.watch_use and context_ever_bound():
                 watch_uses()  # context to remember at each later request's first use
             debug = events.enabled(DEBUG)
         except Exception as exc:
@@ -183,7 +183,7 @@ def watch_uses() -> None:
 
 def _on_request_started(**kwargs: Any) -> None:
     process.request_gen += 1
-    if not process.watch_use and (STRUCTLOG_VARS is None or STRUCTLOG_VARS):
+    if not process.watch_use and context_ever_bound():
         watch_uses()  # something was bound: remember it at each request's first use
     if process.pending:
         process.flush_pending()
@@ -207,7 +207,7 @@ def install() -> bool:
 
     forking.register_hooks()
     process.active = True
-    if process.watch_use or STRUCTLOG_VARS is None or STRUCTLOG_VARS:
+    if process.watch_use or context_ever_bound():
         watch_uses()
     return True
 

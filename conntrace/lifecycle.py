@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from conntrace import conf, drivers, events, process, records, stacks
 from conntrace.exceptions import CloseErrorWarning
-from conntrace.fields import STRUCTLOG_VARS, anomaly_fields, base_fields, snapshot_context
+from conntrace.fields import anomaly_fields, base_fields, context_ever_bound, snapshot_context
 
 RECORD_ATTR = "_conntrace_record"
 # Set by the fork hook (policy "raise") on a wrapper whose inherited connection it discarded.
@@ -86,7 +86,7 @@ def open_record(wrapper: Any) -> records.ConnectionRecord:
         process.fork_gen,
     )
     record.pooled = bool(wrapper.settings_dict.get("OPTIONS", {}).get("pool"))
-    if STRUCTLOG_VARS is None or STRUCTLOG_VARS:
+    if context_ever_bound():
         snapshot_context(record)
     else:
         record.context_gen = process.request_gen  # nothing was ever bound: nothing to copy
@@ -169,8 +169,8 @@ def _forget(record: records.ConnectionRecord) -> None:
         ref.record = None
 
 
-def _end(record: records.ConnectionRecord) -> None:
-    record.closed_mono = time.monotonic()
+def _end(record: records.ConnectionRecord, now: float) -> None:
+    record.closed_mono = now
     _forget(record)
     records.registry.ended(record)
 
@@ -182,7 +182,7 @@ def end_without_close(
     record.add_close(
         records.CloseAttempt(time.time(), process.pid, process.thread_name(), (), outcome, closed_by)
     )
-    _end(record)
+    _end(record, time.monotonic())
 
 
 def _report_close(
@@ -252,14 +252,9 @@ def start_close(wrapper: Any, record: records.ConnectionRecord, shown: bool) -> 
     attempt = records.CloseAttempt(
         time.time(), process.pid, process.thread_name(), stacks.capture(depth, skip=2), outcome, closed_by
     )
-    # Inlined _end(), as this runs on every close.
     record.add_close(attempt)
     if outcome != records.NOOP:
-        record.closed_mono = now
-        ref = record.wrapper_ref
-        if ref is not None and ref.record is record:
-            ref.record = None
-        records.registry.ended(record)
+        _end(record, now)
     return attempt
 
 
@@ -276,7 +271,8 @@ def finish_close(
             attempt.error_type = type(exc).__name__
             attempt.error = events.error_text(exc)
             if predicted_noop:
-                _end(record)  # the driver's close ran after all: _closing() did not end it
+                # The driver's close ran after all: start_close() did not end the record.
+                _end(record, time.monotonic())
         _report_close(record, attempt, exc)
         if observers:
             notify("closed", wrapper, record)

@@ -176,6 +176,7 @@ def _other_entry(record: records.ConnectionRecord, now: float) -> dict[str, Any]
         "age_s": round(now - record.opened_mono, 3),
         "opened_in": record.opened_in(),
         "opened_stack": record.opened_stack(),
+        "opened_stack_full": record.opened_stack_full(),
         "inherited": record.inherited,
     }
 

@@ -161,6 +161,10 @@ class ConnectionRecord:
         """Return the user's frames of the opening stack as ``"path:line in func"`` strings."""
         return frame_filter().visible_stack(self.stack)
 
+    def opened_stack_full(self) -> list[str]:
+        """Return every frame of the opening stack, framework frames included."""
+        return frame_filter().format_stack(self.stack)
+
     def as_dict(self) -> dict[str, Any]:
         """Return this record as plain, JSON-serialisable data."""
         return {
@@ -176,7 +180,7 @@ class ConnectionRecord:
             "pooled": self.pooled,
             "opened_in": self.opened_in(),
             "opened_stack": self.opened_stack(),
-            "opened_stack_full": frame_filter().format_stack(self.stack),
+            "opened_stack_full": self.opened_stack_full(),
             "close_count": self.close_count,
             "closes": [attempt.as_dict() for attempt in self.closes],
             "inherited": self.inherited,
