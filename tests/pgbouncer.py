@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 
 from tests import pgserver
+from tests.support import free_port, wait_listening
 
 BINARY_CANDIDATES = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
 
@@ -41,7 +40,7 @@ class PgBouncer:
         self.pg_host, self.pg_port = pgserver.ensure()
         self.root = tempfile.mkdtemp(prefix="conntrace-pgbouncer-")
         self.host = "127.0.0.1"
-        self.port = pgserver.free_port()
+        self.port = free_port()
         self.logfile = os.path.join(self.root, "pgbouncer.log")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -83,18 +82,18 @@ class PgBouncer:
         self.proc = subprocess.Popen(
             [binary(), ini], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.root, **as_user
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"pgbouncer exited with {self.proc.returncode}: {err.strip()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("pgbouncer did not start listening")
+        try:
+            wait_listening(
+                self.port, self.proc, timeout, name="pgbouncer", host=self.host, output=self._stderr
+            )
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
+
+    def _stderr(self) -> str:
+        """Return what pgbouncer wrote on stderr (read once it has exited)."""
+        return self.proc.stderr.read().decode(errors="replace") if self.proc and self.proc.stderr else ""
 
     def log(self) -> str:
         """Return pgbouncer's log so far."""

@@ -14,10 +14,11 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
+
+from tests.support import free_port
 
 APP_USER = "conntrace_app"
 # Deliberately distinctive, so that tests can grep every output for it.
@@ -38,12 +39,6 @@ def bindir() -> str:
     if found:
         return os.path.dirname(found)
     raise RuntimeError("PostgreSQL server binaries not found: install postgresql (see .ci/run)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_server_user(cmd: list[str]) -> list[str]:

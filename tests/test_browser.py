@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "demo"
+from tests.support import DEMO, REPO, demo_env, free_port, wait_listening
+
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -29,12 +25,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def line_of(path: Path, text: str, after: str) -> int:
     """Return the number of the first line holding ``text`` after the line holding ``after``."""
     lines = path.read_text().splitlines()
@@ -46,28 +36,16 @@ def line_of(path: Path, text: str, after: str) -> int:
 def demo_url(tmp_path: Path) -> Iterator[str]:
     """Serve the demo with its own command (``demo/run.sh``), on SQLite, on a free loopback port."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")}
-    env.update(
-        DEMO_PYTHON=sys.executable,  # the test environment already has conntrace's dependencies
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        DEMO_PORT=str(port),
-        DEMO_SQLITE_PATH=str(tmp_path / "demo.sqlite3"),
-        DEMO_LOG_LEVEL="warning",
+    env = demo_env(
+        DEMO_PORT=str(port), DEMO_SQLITE_PATH=str(tmp_path / "demo.sqlite3"), DEMO_LOG_LEVEL="warning"
     )
-    with open(tmp_path / "demo.log", "w") as log:
+    log_path = tmp_path / "demo.log"
+    with open(log_path, "w") as log:
         server = subprocess.Popen(
             ["bash", str(DEMO / "run.sh"), "--noreload"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert server.poll() is None, (tmp_path / "demo.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the demo did not start"
-                time.sleep(0.1)
+        wait_listening(port, server, name="the demo", output=log_path.read_text)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()  # run.sh exec'd runserver: this is the server itself

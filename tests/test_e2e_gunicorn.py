@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from tests import pgserver
 from tests.conftest import named
 from tests.e2e import db as e2e_db
 from tests.pgbouncer import PgBouncer
+from tests.support import free_port, wait_listening
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -90,19 +90,6 @@ def request(port: int, deadline: float, index: int) -> str:
     return "ok" if body == token else "wrong_body"
 
 
-def wait_listening(port: int, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError("gunicorn exited")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("gunicorn did not start listening")
-
-
 def serve_and_load(
     bouncer: PgBouncer, tmp_path: Path, installed: bool, policy: str, config: str | None = None
 ) -> Run:
@@ -110,7 +97,7 @@ def serve_and_load(
     label = f"{'on' if installed else 'off'}-{policy}{'-conf' if config else ''}"
     event_log = tmp_path / f"events-{label}.jsonl"
     server_log = tmp_path / f"gunicorn-{label}.log"
-    port = pgserver.free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN")}
     env.update(
         DJANGO_SETTINGS_MODULE="tests.e2e.settings",
@@ -130,7 +117,7 @@ def serve_and_load(
     with open(server_log, "wb") as log:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_listening(port, server)
+            wait_listening(port, server, name="gunicorn")
             deadline = time.monotonic() + LOAD_DEADLINE_S
             with ThreadPoolExecutor(CONCURRENCY) as pool:
                 outcomes = Counter(pool.map(lambda i: request(port, deadline, i), range(REQUESTS)))

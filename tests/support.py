@@ -1,0 +1,66 @@
+"""Servers the tests start as subprocesses: a free port, waiting until one listens, the demo's environment.
+
+Standard library only: ``tests/pgserver.py`` imports it while Django reads ``tests/settings.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "demo"
+
+
+def free_port() -> int:
+    """Return a loopback TCP port nothing listens on (the kernel's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(
+    port: int,
+    server: subprocess.Popen,
+    timeout: float = 30,
+    *,
+    name: str = "the server",
+    host: str = "127.0.0.1",
+    output: Callable[[], str] | None = None,
+) -> None:
+    """Wait until something accepts connections on ``host:port``.
+
+    Raises ``RuntimeError`` if ``server`` exits first (with what ``output()`` returns: its log),
+    ``TimeoutError`` if nothing listens after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.poll() is not None:
+            said = output().strip() if output else ""
+            raise RuntimeError(f"{name} exited with code {server.returncode}" + (f": {said}" if said else ""))
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} is not listening on {host}:{port} after {timeout:g} s") from None
+            time.sleep(0.05)
+
+
+def demo_env(**extra: str) -> dict[str, str]:
+    """Return the environment for the demo's own commands (``demo/run.sh``, ``demo/run-gunicorn.sh``).
+
+    This interpreter (``DEMO_PYTHON``: the test environment already has the demo's dependencies),
+    the repository on ``PYTHONPATH``, none of the test suite's Django settings or ``DATABASE_URL``
+    (the demo then uses SQLite), then ``extra``.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")}
+    env["DEMO_PYTHON"] = sys.executable
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
