@@ -1,169 +1,45 @@
-"""The debug toolbar's Connections panel, through Django's real WSGI and ASGI handlers and under gunicorn.
+"""The debug toolbar's Connections panel, through Django's real WSGI and ASGI handlers and a real fork().
 
 Requests are served by ``WSGIHandler`` and closed as a WSGI server closes them
 (``result.close()`` sends ``request_finished``): Django's test client would
 disconnect ``close_old_connections`` and hide the close that ends a request.
-This module is also the URLconf of the in-process tests.
+The views are in ``tests/panel_views.py``; the demo under gunicorn is tested in ``tests/test_demo.py``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
-import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 from asgiref.sync import async_to_sync
 from django.core.signals import request_finished
-from django.db import close_old_connections, connection, connections
-from django.http import HttpRequest, HttpResponse
+from django.db import close_old_connections, connection
 from django.test import override_settings
-from django.urls import include, path
 
-from conntrace import CloseErrorWarning, lifecycle, panel_tracking, panels
+from conntrace import lifecycle, panel_tracking, panels
 from tests import pgserver
 from tests.app.models import Setting
-from tests.faults import FailingClose
+from tests.panel_views import (
+    HOSTILE_ERROR,
+    HOSTILE_FILE,
+    HOSTILE_THREAD,
+    observers_seen_by_views,
+    release_threads,
+    started_threads,
+)
+from tests.toolbar import REQUEST_END, behind_the_toolbar, closes, toolbar_config
 from tests.wsgi import serve_wsgi
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "demo"
-REQUEST_END = "Django's close_old_connections at request_finished"
 
+# --------------------------------------------------------------------------- serving the views, reading back
 
-# --------------------------------------------------------------------------- views (this module is a URLconf)
-
-
-def html(text: str) -> HttpResponse:
-    return HttpResponse(f"<html><body><p>{text}</p></body></html>")
-
-
-def query_view(request: HttpRequest) -> HttpResponse:
-    return html(str(Setting.objects.count()))
-
-
-def no_query_view(request: HttpRequest) -> HttpResponse:
-    return html("no query here")
-
-
-def double_close_view(request: HttpRequest) -> HttpResponse:
-    Setting.objects.count()
-    connection.connection.close()  # behind Django's back: Django closes it again at request end
-    return html("closed behind Django's back")
-
-
-observers_seen_by_views: list[list[Any]] = []
-
-
-def spy_view(request: HttpRequest) -> HttpResponse:
-    observers_seen_by_views.append(list(lifecycle.observers))
-    Setting.objects.count()
-    return html("spy")
-
-
-HOSTILE_FILE = "/tmp/<img src=x onerror=alert(1)>.py"
-HOSTILE_ERROR = '<script>alert("close")</script>'
-HOSTILE_THREAD = "<b>worker</b>"
-_hostile: dict[str, Any] = {}
-# Code whose file name is markup, as user data can be: the opening stack carries it.
-exec(
-    compile(
-        "from django.db import connection\n"
-        "def open_from_hostile_file():\n"
-        "    with connection.cursor() as cursor:\n"
-        "        cursor.execute('SELECT 1')\n",
-        HOSTILE_FILE,
-        "exec",
-    ),
-    _hostile,
-)
-release_threads = threading.Event()
-
-
-started_threads: list[threading.Thread] = []
-
-
-def hold_a_connection(opened: threading.Event) -> None:
-    Setting.objects.count()
-    opened.set()
-    release_threads.wait(10)
-    connections.close_all()
-
-
-def hostile_view(request: HttpRequest) -> HttpResponse:
-    opened = threading.Event()
-    thread = threading.Thread(target=hold_a_connection, args=(opened,), name=HOSTILE_THREAD)
-    started_threads.append(thread)
-    thread.start()
-    opened.wait(5)
-    _hostile["open_from_hostile_file"]()
-    connection.connection = FailingClose(
-        connection.connection, connection.Database.InterfaceError(HOSTILE_ERROR)
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CloseErrorWarning)
-        connection.close()
-    return html("hostile")
-
-
-def other_thread_view(request: HttpRequest) -> HttpResponse:
-    opened = threading.Event()
-    thread = threading.Thread(target=hold_a_connection, args=(opened,), name="background-worker")
-    started_threads.append(thread)
-    thread.start()
-    opened.wait(5)
-    return html("a thread holds a connection")
-
-
-def __getattr__(name: str) -> Any:
-    """Build ``urlpatterns`` on demand: the toolbar's URLs import its models, installed by a fixture."""
-    if name != "urlpatterns":
-        raise AttributeError(name)
-    return [
-        path("query/", query_view),
-        path("no-query/", no_query_view),
-        path("double/", double_close_view),
-        path("spy/", spy_view),
-        path("hostile/", hostile_view),
-        path("other-thread/", other_thread_view),
-        path("__debug__/", include("debug_toolbar.urls")),
-    ]
-
-
-def show_toolbar(request: HttpRequest) -> bool:
-    return True
-
-
-# --------------------------------------------------------------------------- in-process helpers
-
-TOOLBAR_APPS = [
-    "django.contrib.contenttypes",
-    "django.contrib.auth",
-    "django.contrib.staticfiles",
-    "debug_toolbar",
-    "conntrace",
-    "tests.app",
-]
-TOOLBAR_SETTINGS: dict[str, Any] = {
-    "MIDDLEWARE": ["debug_toolbar.middleware.DebugToolbarMiddleware"],
-    "ROOT_URLCONF": "tests.test_panels",
-    "STATIC_URL": "/static/",
-    "TEMPLATES": [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}],
-}
 TOOLBAR_PANELS = [
     "debug_toolbar.panels.history.HistoryPanel",
     "conntrace.panels.ConnectionsPanel",
@@ -172,36 +48,16 @@ TOOLBAR_PANELS = [
 ]
 
 
-def toolbar_config(store: str = "MemoryStore") -> dict[str, Any]:
-    return {
-        "SHOW_TOOLBAR_CALLBACK": "tests.test_panels.show_toolbar",
-        "IS_RUNNING_TESTS": False,
-        "TOOLBAR_STORE_CLASS": f"debug_toolbar.store.{store}",
-    }
-
-
 @pytest.fixture
 def toolbar() -> Iterator[None]:
-    """Serve this module's views behind the debug toolbar with the Connections panel."""
-    # In this order: the toolbar's app reads STATIC_URL as soon as it is installed, and its
-    # settings handlers import its models, which need the app installed.
-    with (
-        override_settings(**TOOLBAR_SETTINGS),
-        override_settings(INSTALLED_APPS=TOOLBAR_APPS),
-        override_settings(DEBUG_TOOLBAR_PANELS=TOOLBAR_PANELS, DEBUG_TOOLBAR_CONFIG=toolbar_config()),
-    ):
-        from debug_toolbar.middleware import show_toolbar_func_or_path
-        from debug_toolbar.store import MemoryStore
-
-        show_toolbar_func_or_path.cache_clear()
-        MemoryStore.clear()
+    """Serve the views of ``tests/panel_views.py`` behind the debug toolbar with the Connections panel."""
+    with behind_the_toolbar("tests.panel_views", TOOLBAR_PANELS):
         release_threads.clear()
         yield
         release_threads.set()
         for thread in started_threads:
             thread.join(10)
         started_threads.clear()
-    connections.close_all()
 
 
 class Served(NamedTuple):
@@ -237,15 +93,11 @@ def rendered_panel(request_id: str) -> str:
     return json.loads(served.body)["content"]
 
 
-def closes(entry: dict[str, Any]) -> list[tuple[Any, ...]]:
-    return [(c["outcome"], c["when"], c["by_django"]) for c in entry["closes"]]
-
-
 def receiver_connected() -> bool:
     return any(entry[0][0] == panel_tracking.RECEIVER_UID for entry in request_finished.receivers)
 
 
-# --------------------------------------------------------------------------- in-process tests
+# --------------------------------------------------------------------------- tests
 
 
 @pytest.mark.drivers
@@ -490,208 +342,3 @@ def test_database_store_writes_are_the_toolbars_not_the_applications(database_st
     assert served.subtitle == "0 opened · 0 reused · 0 warnings"
     assert stored(served.request_id)["connections"] == []
     assert stored(served.request_id)["others"] == []
-
-
-# --------------------------------------------------------------------------- the demo under gunicorn
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the server exited"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def demo_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def get(port: int, path_info: str) -> tuple[int, dict[str, str], str]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path_info}", timeout=20) as response:
-        return response.status, dict(response.headers), response.read().decode()
-
-
-@pytest.fixture
-def demo_database(pg: pgserver.PostgresServer) -> Iterator[str]:
-    name = f"conntrace_demo_{os.getpid()}"
-    pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    pg.psql(f"CREATE DATABASE {name} OWNER {pgserver.APP_USER}")
-    yield name
-    pg.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def stored_in_postgres(pg: pgserver.PostgresServer, database: str, request_id: str) -> dict[str, Any]:
-    """Read the panel's stats straight from the toolbar's DatabaseStore table, once the request has ended."""
-    deadline = time.monotonic() + 10
-    while True:
-        raw = pg.psql(
-            f"SELECT data FROM debug_toolbar_historyentry WHERE request_id = '{request_id}'", database
-        )
-        data = json.loads(raw) if raw.strip() else {}
-        stats = json.loads(data["ConnectionsPanel"]) if "ConnectionsPanel" in data else {}
-        if stats.get("request_end") == "seen" or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.05)
-
-
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_gunicorn_workers_store_the_request_end_close_where_history_finds_it(pg, demo_database, tmp_path):
-    """The demo on PostgreSQL: gunicorn --preload, 2 workers, DatabaseStore, the import-time query on."""
-    _, port = pgserver.ensure()
-    url = f"postgres://{pgserver.APP_USER}:{pgserver.APP_PASSWORD}@127.0.0.1:{port}/{demo_database}"
-    env = demo_env(
-        DATABASE_URL=url,
-        DEMO_TOOLBAR_STORE="db",
-        DEMO_IMPORT_TIME_QUERY="1",
-        DEMO_LOG_FORMAT="json",
-        DEMO_LOG_LEVEL="info",
-    )
-    # The demo's own set-up (DEMO_PYTHON: this environment, no virtualenv): it says where, then migrates.
-    setup = subprocess.run(
-        ["bash", str(DEMO / "run.sh")],
-        env={**env, "DEMO_PYTHON": sys.executable, "DEMO_SETUP_ONLY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert setup.returncode == 0, setup.stderr
-    assert f"== database: PostgreSQL database {demo_database!r} on 127.0.0.1:{port}" in setup.stdout
-    assert pgserver.APP_PASSWORD not in setup.stdout + setup.stderr
-    web_port = free_port()
-    out_path, err_path = tmp_path / "gunicorn.out", tmp_path / "gunicorn.err"
-    with open(out_path, "w") as out, open(err_path, "w") as err:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "demosite.wsgi", "--preload", "--workers", "2",
-             "--bind", f"127.0.0.1:{web_port}", "--graceful-timeout", "5"],
-            cwd=DEMO, env=env, stdout=out, stderr=err,
-        )  # fmt: skip
-        try:
-            wait_for_port(web_port, server)
-            with ThreadPoolExecutor(4) as pool:
-                responses = list(pool.map(lambda _: get(web_port, "/normal/"), range(8)))
-            assert [status for status, _, _ in responses] == [200] * 8
-            request_ids = [headers["djdt-request-id"] for _, headers, _ in responses]
-            all_stats = [stored_in_postgres(pg, demo_database, rid) for rid in request_ids]
-            history = json.loads(
-                get(
-                    web_port, f"/__debug__/history_sidebar/?request_id={request_ids[0]}&exclude_history=True"
-                )[2]
-            )
-            content = json.loads(
-                get(
-                    web_port,
-                    f"/__debug__/render_panel/?request_id={request_ids[-1]}&panel_id=ConnectionsPanel",
-                )[2]
-            )["content"]
-            # Every request-end close happened; what stays open is the master's import-time connection.
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                sessions = pg.psql(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{demo_database}'")
-                if sessions.strip() == "1":
-                    break
-                time.sleep(0.1)
-            assert sessions.strip() == "1"
-        finally:
-            server.terminate()
-            server.wait(20)
-    worker_pids = set()
-    for stats in all_stats:
-        assert stats["request_end"] == "seen"
-        [entry] = stats["connections"]  # the DatabaseStore's own writes show no row
-        assert (entry["alias"], entry["vendor"], entry["origin"]) == ("default", "postgresql", "toolbar")
-        assert isinstance(entry["backend_pid"], int)
-        assert closes(entry) == [("closed", "at request end", REQUEST_END)]
-        assert stats["others"] == []
-        facts = stats["process"]
-        assert (facts["forked_child"], facts["parent_pid"], facts["fork_policy"]) == (
-            True,
-            server.pid,
-            "reset",
-        )
-        assert (facts["inherited_held"], facts["inherited_discarded"]) == (0, 1)
-        worker_pids.add(facts["pid"])
-    # Concurrent requests kept both workers busy: each stored its own requests' stats.
-    assert len(worker_pids) == 2 and server.pid not in worker_pids
-    assert "1 opened · 0 reused · 0 warnings" in history["ConnectionsPanel"]["button"]
-    assert "at request end" in content and "backend PID (behind pgbouncer" in content
-    events = [json.loads(line) for line in out_path.read_text().splitlines() if line.startswith("{")]
-    at_fork = [e for e in events if e["event"] == "connection_open_at_fork"]
-    inherited = [e for e in events if e["event"] == "connection_fork_inherited"]
-    assert len(at_fork) == 2
-    assert {e["pid"] for e in at_fork} == {server.pid}
-    assert all(
-        e["opened_in"].startswith("shop/featured.py:") and e["opened_in"].endswith(" in _site_name")
-        for e in at_fork
-    )
-    assert inherited and {e["opened_by_pid"] for e in inherited} == {server.pid}
-    assert server.pid not in {e["pid"] for e in inherited}
-    for text in (out_path.read_text(), err_path.read_text(), content, json.dumps(all_stats)):
-        assert pgserver.APP_PASSWORD not in text
-
-
-@pytest.mark.slow
-def test_run_gunicorn_script_prints_the_fork_diagnosis(tmp_path):
-    """The README's second entry, ``demo/run-gunicorn.sh``, on SQLite: events name the import-time query."""
-    env = demo_env(
-        DEMO_PYTHON=sys.executable,
-        DEMO_PORT=str(free_port()),
-        DEMO_WORKERS="2",
-        DEMO_SQLITE_PATH=str(tmp_path / "demo.sqlite3"),
-    )
-    env.pop("DATABASE_URL", None)
-    run = subprocess.run(
-        ["bash", str(DEMO / "run-gunicorn.sh")], env=env, capture_output=True, text=True, timeout=180
-    )
-    assert run.returncode == 0, run.stderr
-    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-    at_fork = [e for e in events if e["event"] == "connection_open_at_fork"]
-    inherited = [e for e in events if e["event"] == "connection_fork_inherited"]
-    assert len(at_fork) == 2  # one per worker, reported by the master
-    assert {e["level"] for e in at_fork} == {"warning"}
-    assert {e["level"] for e in inherited} == {"error"}
-    master = at_fork[0]["pid"]
-    assert all(e["opened_in"].startswith("shop/featured.py:") for e in at_fork + inherited)
-    assert inherited and {e["opened_by_pid"] for e in inherited} == {master}
-    assert "== GET /normal/ -> 200" in run.stdout + run.stderr
-    assert "== summary" in run.stdout
-
-
-def test_database_url_is_parsed_and_described_without_the_password():
-    spec = importlib.util.spec_from_file_location("demo_dburl", DEMO / "demosite" / "dburl.py")
-    dburl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dburl)
-    entry = dburl.parse("postgres://app:p%40ss%3Aw0rd@db.example:6432/shop?sslmode=require")
-    assert entry == {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": "shop",
-        "USER": "app",
-        "PASSWORD": "p@ss:w0rd",
-        "HOST": "db.example",
-        "PORT": "6432",
-        "OPTIONS": {"sslmode": "require"},
-    }
-    assert dburl.describe(entry) == "PostgreSQL database 'shop' on db.example:6432 as 'app'"
-    socket_entry = dburl.parse("postgresql:///shop?host=/run/postgresql")
-    assert (socket_entry["HOST"], socket_entry["PORT"], socket_entry["OPTIONS"]) == (
-        "/run/postgresql",
-        "",
-        {},
-    )
-    assert dburl.parse("sqlite:////tmp/demo.sqlite3")["NAME"] == "/tmp/demo.sqlite3"
-    with pytest.raises(ValueError, match="unsupported scheme"):
-        dburl.parse("mysql://app:secret@db/shop")

@@ -24,13 +24,13 @@ from typing import Any
 import pytest
 from django.db import OperationalError, connection, connections
 from django.http import HttpRequest, HttpResponse
-from django.test import override_settings
-from django.urls import include, path
+from django.urls import path
 
 import conntrace
 from conntrace import CloseErrorWarning, events, lifecycle, records
 from tests import pgserver
 from tests.faults import FailingClose
+from tests.toolbar import behind_the_toolbar, show, toolbar_urlconf
 from tests.wsgi import serve_wsgi
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -224,12 +224,6 @@ def test_a_thread_that_ends_holding_its_connection_frees_its_locals():
 
 SCRIPT = "<script>alert(1)</script>"
 HOSTILE_QUALNAME = f"{SCRIPT}.opener"
-show = {"toolbar": True}
-
-
-def show_toolbar(request: HttpRequest) -> bool:
-    """The toolbar's SHOW_TOOLBAR_CALLBACK for these tests: the test decides."""
-    return show["toolbar"]
 
 
 def hostile_module(root: Path) -> types.ModuleType:
@@ -270,12 +264,7 @@ def hostile_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse("<html><body>hostile</body></html>")
 
 
-def __getattr__(name: str) -> Any:
-    """Give ``urlpatterns`` when asked: the toolbar's URLs import its models, installed by the fixture."""
-    if name != "urlpatterns":
-        raise AttributeError(name)
-    return [path("hostile/", hostile_view), path("__debug__/", include("debug_toolbar.urls"))]
-
+__getattr__ = toolbar_urlconf([path("hostile/", hostile_view)])  # this module is the URLconf
 
 TOOLBAR_PANELS = [
     "debug_toolbar.panels.history.HistoryPanel",  # the panel that sends the djdt-request-id header
@@ -285,35 +274,10 @@ TOOLBAR_PANELS = [
 
 @pytest.fixture
 def toolbar(tmp_path: Path) -> Iterator[None]:
-    """Serve this module's view behind the debug toolbar with the Connections panel."""
+    """Serve this module's view behind the debug toolbar, its opener imported from a hostile path."""
     opened_by["module"] = hostile_module(tmp_path)
-    show["toolbar"] = True
-    apps = ["django.contrib.contenttypes", "django.contrib.auth", "django.contrib.staticfiles"]
-    with (
-        override_settings(
-            MIDDLEWARE=["debug_toolbar.middleware.DebugToolbarMiddleware"],
-            ROOT_URLCONF=__name__,
-            STATIC_URL="/static/",
-            TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}],
-        ),
-        override_settings(INSTALLED_APPS=[*apps, "debug_toolbar", "conntrace", "tests.app"]),
-        override_settings(
-            DEBUG_TOOLBAR_PANELS=TOOLBAR_PANELS,
-            DEBUG_TOOLBAR_CONFIG={
-                "SHOW_TOOLBAR_CALLBACK": f"{__name__}.show_toolbar",
-                "IS_RUNNING_TESTS": False,
-                "TOOLBAR_STORE_CLASS": "debug_toolbar.store.MemoryStore",
-            },
-        ),
-    ):
-        from debug_toolbar.middleware import show_toolbar_func_or_path
-        from debug_toolbar.store import MemoryStore
-
-        show_toolbar_func_or_path.cache_clear()
-        MemoryStore.clear()
+    with behind_the_toolbar(__name__, TOOLBAR_PANELS):
         yield
-        MemoryStore.clear()
-    connections.close_all()
 
 
 def serve(path_info: str, query: str = "") -> tuple[int, dict[str, str], str]:
