@@ -25,6 +25,14 @@ def open_and_query(alias: str = "default") -> None:
         cursor.execute("SELECT 1")
 
 
+def backend_pid() -> int:
+    """Return the server's pid for ``default``'s session, as the driver (psycopg 3 or psycopg2) knows it."""
+    driver_connection = connection.connection
+    if hasattr(driver_connection, "info"):
+        return driver_connection.info.backend_pid
+    return driver_connection.get_backend_pid()
+
+
 def this_line_marker() -> str:
     return __file__
 
@@ -198,11 +206,7 @@ def test_driver_connection_closed_directly_then_django_close_is_a_double_close(c
 def test_session_killed_by_the_server_then_closed_reports_closed_by_server(captured, pg):
     connection.close()
     open_and_query()
-    backend = (
-        connection.connection.info.backend_pid
-        if hasattr(connection.connection, "info")
-        else connection.connection.get_backend_pid()
-    )
+    backend = backend_pid()
     pg.psql(f"SELECT pg_terminate_backend({backend})")
     import time
 
@@ -216,11 +220,7 @@ def test_session_killed_by_the_server_then_closed_reports_closed_by_server(captu
 
 
 def _terminate_current_session(pg) -> int:
-    backend = (
-        connection.connection.info.backend_pid
-        if hasattr(connection.connection, "info")
-        else connection.connection.get_backend_pid()
-    )
+    backend = backend_pid()
     pg.psql(f"SELECT pg_terminate_backend({backend})")
     return backend
 
@@ -476,11 +476,7 @@ def test_no_extra_sql_on_connect(pg):
     def statements_of_one_cycle() -> list[str]:
         connection.close()
         open_and_query()
-        pid = (
-            connection.connection.info.backend_pid
-            if hasattr(connection.connection, "info")
-            else connection.connection.get_backend_pid()
-        )
+        pid = backend_pid()
         connection.close()
         import time
 
