@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any, TextIO
 
@@ -162,46 +163,62 @@ def interleave(names: list[str], rounds: int, slices: int, take: Any) -> dict[st
     return samples
 
 
-def run_inprocess(
-    worker: WorkerProcess, ops: dict[str, int], rounds: int, slices: int, say: Any
+def run_phase(
+    names: list[str],
+    ops: dict[str, int],
+    rounds: int,
+    slices: int,
+    sample: Callable[[str, str, int, bool], dict[str, Any]],
+    summary: Callable[[str, dict[str, Any]], str],
+    say: Any,
 ) -> dict[str, Any]:
-    out = {}
-    for workload, n in ops.items():
+    """Interleave ``names`` on each workload, compare each with the baseline and ``say`` a summary.
 
-        def take(
-            mode: str, r: int, k: int, workload: str = workload, n: int = n
-        ) -> tuple[dict[str, Any], int]:
-            sample = worker.ask(cmd="sample", workload=workload, n=n, mode=mode, warmup=max(1, n // 10))
-            return sample, n
-
-        out[workload] = report.compare(interleave(list(MODES), rounds, slices, take), "baseline")
-        say(
-            f"  in-process {workload}: quiet {out[workload]['quiet']['cpu_ratio']['median']:.3f}, "
-            f"json {out[workload]['json']['cpu_ratio']['median']:.3f}"
-        )
-    return out
-
-
-def run_cross(
-    workers: dict[str, WorkerProcess], ops: dict[str, int], rounds: int, slices: int, say: Any
-) -> dict[str, Any]:
+    ``sample(name, workload, n, first)`` takes one slice of ``n`` operations; ``first`` is true in
+    the first round's first slice, each name's first sample of that workload.
+    """
     out = {}
     for workload, n in ops.items():
 
         def take(
             name: str, r: int, k: int, workload: str = workload, n: int = n
         ) -> tuple[dict[str, Any], int]:
-            warmup = n if r == 0 and k == 0 else 0
-            return workers[name].ask(cmd="sample", workload=workload, n=n, warmup=warmup), n
+            return sample(name, workload, n, r == 0 and k == 0), n
 
-        out[workload] = report.compare(interleave(list(workers), rounds, slices, take), "baseline")
-        say(
-            f"  cross-process {workload}: "
-            + ", ".join(
-                f"{k} {v['cpu_ratio']['median']:.2f}" for k, v in out[workload].items() if "cpu_ratio" in v
-            )
-        )
+        out[workload] = report.compare(interleave(names, rounds, slices, take), "baseline")
+        say(summary(workload, out[workload]))
     return out
+
+
+def run_inprocess(
+    worker: WorkerProcess, ops: dict[str, int], rounds: int, slices: int, say: Any
+) -> dict[str, Any]:
+    def sample(mode: str, workload: str, n: int, first: bool) -> dict[str, Any]:
+        # One process switches modes between slices: every slice warms its mode up again.
+        return worker.ask(cmd="sample", workload=workload, n=n, mode=mode, warmup=max(1, n // 10))
+
+    def summary(workload: str, ratios: dict[str, Any]) -> str:
+        return (
+            f"  in-process {workload}: quiet {ratios['quiet']['cpu_ratio']['median']:.3f}, "
+            f"json {ratios['json']['cpu_ratio']['median']:.3f}"
+        )
+
+    return run_phase(list(MODES), ops, rounds, slices, sample, summary, say)
+
+
+def run_cross(
+    workers: dict[str, WorkerProcess], ops: dict[str, int], rounds: int, slices: int, say: Any
+) -> dict[str, Any]:
+    def sample(name: str, workload: str, n: int, first: bool) -> dict[str, Any]:
+        # A process per contender stays warm: only its first slice of a workload warms up.
+        return workers[name].ask(cmd="sample", workload=workload, n=n, warmup=n if first else 0)
+
+    def summary(workload: str, ratios: dict[str, Any]) -> str:
+        return f"  cross-process {workload}: " + ", ".join(
+            f"{k} {v['cpu_ratio']['median']:.2f}" for k, v in ratios.items() if "cpu_ratio" in v
+        )
+
+    return run_phase(list(workers), ops, rounds, slices, sample, summary, say)
 
 
 def environment(server: Any) -> dict[str, Any]:
