@@ -8,26 +8,18 @@ connect costs what libpq and Django cost, not a SCRAM key derivation.
 """
 
 import os
-import sys
 import tempfile
 
-# psycopg2: the driver OpenTelemetry's instrumentation targets; Django 5.2 prefers psycopg 3 if importable.
-sys.modules["psycopg"] = None  # type: ignore[assignment]
-sys.modules["psycopg_pool"] = None  # type: ignore[assignment]
+from tests.base_settings import *  # noqa: F403 (DEBUG, USE_TZ, ALLOWED_HOSTS, DEFAULT_AUTO_FIELD)
+from tests.base_settings import installed_apps, use_psycopg2
+
+use_psycopg2()  # the driver OpenTelemetry's instrumentation targets
 
 CONTENDER = os.environ.get("CONNTRACE_BENCH_CONTENDER", "baseline")
 WITH_CONNTRACE = CONTENDER.startswith("conntrace") or CONTENDER == "inprocess"
 
 SECRET_KEY = "conntrace-benchmarks-not-secret"
-DEBUG = False
-USE_TZ = True
-ALLOWED_HOSTS = ["*"]
-INSTALLED_APPS = [
-    "django.contrib.contenttypes",
-    "django.contrib.auth",
-    *(["conntrace"] if WITH_CONNTRACE else []),
-    "tests.app",
-]
+INSTALLED_APPS = installed_apps(with_conntrace=WITH_CONNTRACE)
 # A modest production-like stack without sessions (no extra tables).
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -35,7 +27,6 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 ROOT_URLCONF = "benchmarks.urls"
-DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 LOGGING_CONFIG = None
 
 if CONTENDER in ("conntrace-panel", "toolbar"):

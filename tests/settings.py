@@ -6,32 +6,22 @@ throwaway PostgreSQL server is started (see ``tests/pgserver.py``).
 """
 
 import os
-import sys
 import tempfile
 
 from tests import pgserver
+from tests.base_settings import *  # noqa: F403 (DEBUG, USE_TZ, ALLOWED_HOSTS, DEFAULT_AUTO_FIELD)
+from tests.base_settings import installed_apps, use_psycopg2
 
 DRIVER = os.environ.get("CONNTRACE_TEST_DRIVER", "psycopg")
 if DRIVER == "psycopg2":
-    # Django 5.2 prefers psycopg 3 whenever it is importable.
-    sys.modules["psycopg"] = None  # type: ignore[assignment]
-    sys.modules["psycopg_pool"] = None  # type: ignore[assignment]
+    use_psycopg2()
 
 PG_HOST, PG_PORT = pgserver.ensure()
 
 SECRET_KEY = "conntrace-tests-not-secret"
-DEBUG = False
-USE_TZ = True
-ALLOWED_HOSTS = ["*"]
-INSTALLED_APPS = [
-    "django.contrib.contenttypes",
-    "django.contrib.auth",
-    "conntrace",
-    "tests.app",
-]
+INSTALLED_APPS = installed_apps()
 MIDDLEWARE: list[str] = []
 ROOT_URLCONF = "tests.app.urls"
-DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 
 _pg = {
     "ENGINE": "django.db.backends.postgresql",
