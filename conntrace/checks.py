@@ -10,18 +10,6 @@ from django.core.checks import Error
 
 from conntrace import conf
 
-# One id per key, so that a message's id says which setting is wrong.
-KEY_IDS = {
-    "ENABLED": "conntrace.E003",
-    "STACK_DEPTH": "conntrace.E004",
-    "HIDE_MODULES": "conntrace.E005",
-    "LOGGER_NAME": "conntrace.E006",
-    "DOWNGRADE_CLOSE_ERRORS": "conntrace.E007",
-    "MAX_RECORDS": "conntrace.E008",
-    "FORK_POLICY": "conntrace.E009",
-    "SOCKET_CHECK_AFTER_S": "conntrace.E010",
-}
-
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """Report a ``CONNTRACE`` setting that is not a dict, unknown keys and bad values."""
@@ -38,9 +26,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         ]
     errors = []
     for key in user:
-        if key not in conf.DEFAULTS:
-            known = ", ".join(sorted(conf.DEFAULTS))
-            close = difflib.get_close_matches(str(key).upper(), conf.DEFAULTS, n=1)
+        if key not in conf.BY_KEY:
+            known = ", ".join(sorted(conf.BY_KEY))
+            close = difflib.get_close_matches(str(key).upper(), conf.BY_KEY, n=1)
             guess = f"Did you mean {close[0]!r}? " if close else ""
             errors.append(
                 Error(
@@ -49,16 +37,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                     id="conntrace.E002",
                 )
             )
-    for key, id_ in KEY_IDS.items():
-        if key in user:
-            problem = conf.value_problem(key, user[key])
+    for setting in conf.SETTINGS:
+        if setting.key in user:
+            problem = setting.problem(user[setting.key])
             if problem is not None:
-                _, expected = conf.EXPECTED[key]
                 errors.append(
                     Error(
-                        f"CONNTRACE[{key!r}] is {problem}.",
-                        hint=f"Write {expected}; the default is {conf.DEFAULTS[key]!r}.",
-                        id=id_,
+                        f"CONNTRACE[{setting.key!r}] is {problem}.",
+                        hint=f"Write {setting.expected}; the default is {setting.default!r}.",
+                        id=setting.check_id,
                     )
                 )
     return errors

@@ -1,67 +1,39 @@
-"""Settings: one ``CONNTRACE`` dict, read in one place, with documented defaults."""
+"""Settings: one ``CONNTRACE`` dict, read in one place, every key one row of ``SETTINGS``.
+
+A row holds the key's default, what a valid value looks like (the text the
+system check's hint shows), how to tell a bad one and the check id that
+reports it. ``checks``, the runtime fallback, the README's table and the tests
+all read this table, so a new setting costs one row.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from django.conf import settings as django_settings
 
-FORK_POLICIES = ("reset", "warn", "raise")
+from conntrace.names import Policy
 
-DEFAULTS: dict[str, Any] = {
-    # Master switch: False leaves Django's DatabaseWrapper untouched.
-    "ENABLED": True,
-    # How many frames of the opening (and closing) stack to keep, innermost first.
-    "STACK_DEPTH": 30,
-    # Extra module prefixes whose frames are hidden when looking for the user's line.
-    "HIDE_MODULES": (),
-    # structlog logger name used for every event.
-    "LOGGER_NAME": "conntrace",
-    # Turn a driver error raised while closing into a warning instead of an exception.
-    "DOWNGRADE_CLOSE_ERRORS": True,
-    # How many closed-connection records this process keeps for history().
-    "MAX_RECORDS": 500,
-    # What a forked child does with a connection inherited from its parent.
-    "FORK_POLICY": "reset",
-    # At close, sessions at least this many seconds old get their socket polled (one system
-    # call) to tell whether the server or a pooler had already ended them. Younger ones rely
-    # on the driver's own flag, which any query after such an end sets. 0: poll at every close.
-    "SOCKET_CHECK_AFTER_S": 1.0,
-}
-
-# key -> (accepted types, description used by system checks)
-EXPECTED: dict[str, tuple[tuple[type, ...], str]] = {
-    "ENABLED": ((bool,), "True or False"),
-    "STACK_DEPTH": ((int,), "an integer between 1 and 200"),
-    "HIDE_MODULES": ((list, tuple), 'a list of module names, e.g. ["myproject.db"]'),
-    "LOGGER_NAME": ((str,), 'a non-empty string, e.g. "conntrace"'),
-    "DOWNGRADE_CLOSE_ERRORS": ((bool,), "True or False"),
-    "MAX_RECORDS": ((int,), "an integer between 0 and 1000000"),
-    "FORK_POLICY": ((str,), 'one of "reset", "warn", "raise"'),
-    "SOCKET_CHECK_AFTER_S": ((int, float), "a number of seconds between 0 and 86400, e.g. 1.0"),
-}
+# Why a value is not acceptable ("a str", "0"...), or None when it is.
+Validator = Callable[[Any], Optional[str]]
 
 
-def value_problem(key: str, value: Any) -> str | None:
-    """Return why ``value`` is not acceptable for ``key``, or None if it is."""
-    types, _ = EXPECTED[key]
-    if isinstance(value, bool) and bool not in types:
-        return "a boolean"
-    if not isinstance(value, types):
-        return kind_of(value)
-    if key == "STACK_DEPTH" and not 1 <= value <= 200:
-        return f"{value}"
-    if key == "MAX_RECORDS" and not 0 <= value <= 1_000_000:
-        return f"{value}"
-    if key == "SOCKET_CHECK_AFTER_S" and not 0 <= value <= 86400:  # also rejects NaN
-        return f"{value}"
-    if key == "LOGGER_NAME" and not value.strip():
-        return "an empty string"
-    if key == "HIDE_MODULES" and not all(isinstance(m, str) and m for m in value):
-        return "a list holding something other than module names"
-    if key == "FORK_POLICY" and value not in FORK_POLICIES:
-        return repr(value)
-    return None
+@dataclass(frozen=True)
+class Setting:
+    """One key of the ``CONNTRACE`` dict."""
+
+    key: str
+    default: Any
+    expected: str  # what to write, as the check's hint says it
+    problem: Validator
+    code: str  # of the system check that reports a bad value ("E004"); never reused
+
+    @property
+    def check_id(self) -> str:
+        return f"conntrace.{self.code}"
 
 
 def kind_of(value: Any) -> str:
@@ -72,6 +44,87 @@ def kind_of(value: Any) -> str:
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
+def _typed(*types: type, then: Optional[Validator] = None) -> Validator:
+    """Accept instances of ``types`` (booleans only if ``bool`` is named) that ``then`` accepts."""
+
+    def problem(value: Any) -> Optional[str]:
+        if isinstance(value, bool) and bool not in types:
+            return "a boolean"
+        if not isinstance(value, types):
+            return kind_of(value)
+        return then(value) if then is not None else None
+
+    return problem
+
+
+def _between(low: float, high: float) -> Validator:
+    def problem(value: Any) -> Optional[str]:
+        # math.isnan: NaN compares false both ways and would pass a plain range test.
+        return None if low <= value <= high and not math.isnan(value) else f"{value}"
+
+    return problem
+
+
+def _non_empty(value: str) -> Optional[str]:
+    return None if value.strip() else "an empty string"
+
+
+def _module_names(value: Any) -> Optional[str]:
+    if all(isinstance(name, str) and name for name in value):
+        return None
+    return "a list holding something other than module names"
+
+
+def _one_of(choices: tuple[str, ...]) -> Validator:
+    def problem(value: str) -> Optional[str]:
+        return None if value in choices else repr(value)
+
+    return problem
+
+
+def _int_between(low: int, high: int) -> Validator:
+    return _typed(int, then=_between(low, high))
+
+
+_module_list = _typed(list, tuple, then=_module_names)
+_non_empty_str = _typed(str, then=_non_empty)
+_policy = _typed(str, then=_one_of(tuple(Policy)))
+_seconds = _typed(int, float, then=_between(0, 86400))
+
+# One row per line, a table to read (ruff format would unfold them).
+# fmt: off
+SETTINGS: tuple[Setting, ...] = (
+    # Master switch: False leaves Django's DatabaseWrapper untouched.
+    Setting("ENABLED", True, "True or False", _typed(bool), "E003"),
+    # How many frames of the opening (and closing) stack to keep, innermost first.
+    Setting("STACK_DEPTH", 30, "an integer between 1 and 200", _int_between(1, 200), "E004"),
+    # Extra module prefixes whose frames are hidden when looking for the user's line.
+    Setting("HIDE_MODULES", (), 'a list of module names, e.g. ["myproject.db"]', _module_list, "E005"),
+    # structlog logger name used for every event.
+    Setting("LOGGER_NAME", "conntrace", 'a non-empty string, e.g. "conntrace"', _non_empty_str, "E006"),
+    # Turn a driver error raised while closing into a warning instead of an exception.
+    Setting("DOWNGRADE_CLOSE_ERRORS", True, "True or False", _typed(bool), "E007"),
+    # How many closed-connection records this process keeps for history().
+    Setting("MAX_RECORDS", 500, "an integer between 0 and 1000000", _int_between(0, 1_000_000), "E008"),
+    # What a forked child does with a connection inherited from its parent.
+    Setting("FORK_POLICY", Policy.RESET.value, 'one of "reset", "warn", "raise"', _policy, "E009"),
+    # At close, sessions at least this many seconds old get their socket polled (one system
+    # call) to tell whether the server or a pooler had already ended them. Younger ones rely
+    # on the driver's own flag, which any query after such an end sets. 0: poll at every close.
+    Setting("SOCKET_CHECK_AFTER_S", 1.0, "a number of seconds between 0 and 86400, e.g. 1.0", _seconds,
+            "E010"),
+)
+# fmt: on
+
+BY_KEY: dict[str, Setting] = {setting.key: setting for setting in SETTINGS}
+DEFAULTS: dict[str, Any] = {setting.key: setting.default for setting in SETTINGS}
+
+
+def value_problem(key: str, value: Any) -> Optional[str]:
+    """Return why ``value`` is not acceptable for ``key``, or None if it is."""
+    return BY_KEY[key].problem(value)
+
+
 def _read() -> dict[str, Any]:
     user = getattr(django_settings, "CONNTRACE", None) or {}
     merged = dict(DEFAULTS)
@@ -79,13 +132,13 @@ def _read() -> dict[str, Any]:
         return merged
     for key, value in user.items():
         # Invalid values fall back to the default; the system checks report them.
-        if key in DEFAULTS and value_problem(key, value) is None:
+        if key in BY_KEY and value_problem(key, value) is None:
             merged[key] = value
     merged["HIDE_MODULES"] = tuple(merged["HIDE_MODULES"])
     return merged
 
 
-_cache: dict[str, Any] | None = None
+_cache: Optional[dict[str, Any]] = None
 
 
 def get() -> dict[str, Any]:
@@ -94,6 +147,12 @@ def get() -> dict[str, Any]:
     if _cache is None:
         _cache = _read()
     return _cache
+
+
+def use_defaults() -> None:
+    """Use the defaults until the next ``reload()``: for tools that start before Django's settings exist."""
+    global _cache
+    _cache = dict(DEFAULTS)
 
 
 def reload(**kwargs: Any) -> None:
@@ -105,10 +164,10 @@ def reload(**kwargs: Any) -> None:
             listener()
 
 
-_listeners: list[Any] = []
+_listeners: list[Callable[[], None]] = []
 
 
-def on_reload(listener: Any) -> None:
+def on_reload(listener: Callable[[], None]) -> None:
     """Call ``listener`` whenever the settings are re-read."""
     if listener not in _listeners:
         _listeners.append(listener)

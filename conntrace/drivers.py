@@ -14,9 +14,7 @@ import select
 import socket
 from typing import Any, Optional
 
-# closed_by values
-BY_APPLICATION = "application"  # code closed the driver connection directly
-BY_SERVER = "server"  # the server or a pooler ended the session
+from conntrace.names import ClosedBy, Discard
 
 
 def _family(conn: Any) -> str:
@@ -75,7 +73,7 @@ def fileno(conn: Any) -> Optional[int]:
     return fd if isinstance(fd, int) and fd >= 0 else None
 
 
-def closed_state(conn: Any, poll_socket: bool = True) -> Optional[str]:
+def closed_state(conn: Any, poll_socket: bool = True) -> Optional[ClosedBy]:
     """Return who already closed ``conn`` (``application``/``server``), or None if open.
 
     Runs before every close. The driver's own flag is always read; with
@@ -86,19 +84,19 @@ def closed_state(conn: Any, poll_socket: bool = True) -> Optional[str]:
     if fam == "psycopg2":
         closed = conn.closed
         if closed:
-            return BY_APPLICATION if closed == 1 else BY_SERVER
+            return ClosedBy.APPLICATION if closed == 1 else ClosedBy.SERVER
     elif fam == "psycopg":
         if conn.closed:
-            return BY_SERVER if conn.broken else BY_APPLICATION
+            return ClosedBy.SERVER if conn.broken else ClosedBy.APPLICATION
     elif fam == "sqlite3":
         try:
             conn.total_changes  # noqa: B018 - raises once the connection is closed
         except Exception:
-            return BY_APPLICATION
+            return ClosedBy.APPLICATION
         return None
     elif fam == "mysqlclient":
         if not getattr(conn, "open", 1):
-            return BY_APPLICATION
+            return ClosedBy.APPLICATION
     else:
         return None
     if not poll_socket:
@@ -111,7 +109,7 @@ def closed_state(conn: Any, poll_socket: bool = True) -> Optional[str]:
     except Exception:
         return None
     if ready and _peer_hung_up(fd, ready[0][1]):
-        return BY_SERVER
+        return ClosedBy.SERVER
     return None
 
 
@@ -143,7 +141,7 @@ def _peer_hung_up(fd: int, revents: int) -> bool:
 _quarantine: list[Any] = []
 
 
-def discard(conn: Any) -> str:
+def discard(conn: Any) -> Discard:
     """Drop an inherited connection without sending anything on its shared socket.
 
     Returns how it was done. The socket descriptor, where the driver has
@@ -166,4 +164,4 @@ def discard(conn: Any) -> str:
         ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))
     except Exception:
         pass
-    return "socket detached" if fd is not None else "kept unclosed"
+    return Discard.SOCKET_DETACHED if fd is not None else Discard.KEPT_UNCLOSED

@@ -16,18 +16,7 @@ from typing import Any, Optional
 import structlog
 
 from conntrace import conf
-
-CONNECTION_OPENED = "connection_opened"
-CONNECTION_CLOSED = "connection_closed"
-CONNECTION_DOUBLE_CLOSE = "connection_double_close"
-CONNECTION_CLOSE_FAILED = "connection_close_failed"
-CONNECTION_ABANDONED = "connection_abandoned"
-CONNECTION_OPEN_AT_FORK = "connection_open_at_fork"
-CONNECTION_FORK_INHERITED = "connection_fork_inherited"
-CONNECTION_INHERITED_USED = "connection_inherited_used"
-INTERNAL_ERROR = "conntrace_internal_error"
-
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+from conntrace.names import Event, Level
 
 _fallback_log = logging.getLogger("conntrace")
 
@@ -58,7 +47,7 @@ class _LevelGate:
         check = getattr(bound, "is_enabled_for", None)
         self.min_level = logging.NOTSET
         if check is not None:
-            for level in sorted(LEVELS.values()):
+            for level in Level:
                 if check(level):
                     self.min_level = level
                     break
@@ -68,7 +57,7 @@ class _LevelGate:
 
 gate = _LevelGate()
 # structlog's one configuration object: configure() and reset_defaults() change it in place.
-_config = structlog._config._CONFIG
+_CONFIG = structlog._config._CONFIG
 
 
 def reset() -> None:
@@ -81,7 +70,7 @@ def enabled(level: int) -> bool:
     try:
         # One frame, no tuple built, the configuration compared field by field: every
         # connect and close asks (see docs/performance.md).
-        config = _config
+        config = _CONFIG
         key = gate.key
         if (
             key is None
@@ -100,18 +89,19 @@ def enabled(level: int) -> bool:
         return level >= logging.WARNING
 
 
-def emit(level: int, event: str, fields: dict[str, Any]) -> None:
+def emit(level: int, event: Event, fields: dict[str, Any]) -> None:
     """Send one event; a failure of the logging pipeline is reported once, never raised."""
     try:
         logger = gate.logger or structlog.get_logger(conf.get()["LOGGER_NAME"])
+        name = event.value
         if level >= logging.ERROR:
-            logger.error(event, **fields)
+            logger.error(name, **fields)
         elif level >= logging.WARNING:
-            logger.warning(event, **fields)
+            logger.warning(name, **fields)
         elif level >= logging.INFO:
-            logger.info(event, **fields)
+            logger.info(name, **fields)
         else:
-            logger.debug(event, **fields)
+            logger.debug(name, **fields)
     except Exception as exc:
         internal_error("emit", exc)
 
@@ -126,9 +116,9 @@ def internal_error(where: str, exc: BaseException) -> None:
         return
     _reported.add(key)
     fields = {"where": where, "error_type": type(exc).__name__, "error": error_text(exc)}
-    line = "{} where={} error_type={} error={}".format(INTERNAL_ERROR, *fields.values())
+    line = "{} where={} error_type={} error={}".format(Event.INTERNAL_ERROR.value, *fields.values())
     try:
-        structlog.get_logger(conf.get()["LOGGER_NAME"]).error(INTERNAL_ERROR, **fields)
+        structlog.get_logger(conf.get()["LOGGER_NAME"]).error(Event.INTERNAL_ERROR.value, **fields)
     except Exception:
         try:
             _fallback_log.error("%s", line)

@@ -37,7 +37,7 @@ def anomaly_fields(record: records.ConnectionRecord) -> dict[str, Any]:
     fields.update(
         opened_by_pid=record.pid,
         opened_thread=record.thread,
-        opened_at=records._iso(record.opened_at),
+        opened_at=records.iso_time(record.opened_at),
         age_s=record.age_s(),
         close_count=record.close_count,
         closes=[attempt.as_event() for attempt in record.closes],

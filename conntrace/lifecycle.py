@@ -1,6 +1,6 @@
 """A connection record's life: made before the driver's connect, ended at close or without one.
 
-The wrappers in ``instrument`` call in here. Everything runs fenced by them:
+The wrappers (``wrappers``) call in here. Everything runs fenced by them:
 an exception raised here is reported as a conntrace internal error, never
 into the database call. Costly work (events, formatted stacks) happens only
 when something will be shown; see docs/performance.md for what a normal
@@ -14,12 +14,13 @@ import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable
 from typing import Any, Optional
 
 from conntrace import conf, drivers, events, process, records, stacks
 from conntrace.exceptions import CloseErrorWarning
 from conntrace.fields import anomaly_fields, base_fields, context_ever_bound, snapshot_context
+from conntrace.names import NORMAL_OUTCOMES, ClosedBy, Event, Observed, Outcome, State
+from conntrace.observers import notify, observers
 
 RECORD_ATTR = "_conntrace_record"
 # Set by the fork hook (policy "raise") on a wrapper whose inherited connection it discarded.
@@ -31,7 +32,6 @@ REF_ATTR = "_conntrace_ref"
 # Frames kept for a normal close when nothing will show them (no debug events, no panel):
 # the caller of close() and who called it. Anomalies and shown closes keep STACK_DEPTH frames.
 NORMAL_CLOSE_FRAMES = 3
-CLOSED_NORMALLY = (records.CLOSED, records.RETURNED_TO_POOL)
 
 
 class _WrapperRef(weakref.ref):
@@ -55,24 +55,16 @@ class _WrapperRef(weakref.ref):
 # id(reference) -> the reference to each live wrapper that ever connected: kept here, outside
 # the wrapper's own reference cycles, so that its callback runs when the wrapper is collected.
 _watched: dict[int, _WrapperRef] = {}
-# Listeners of a debugging tool (the toolbar panel): observer(kind, wrapper, record) with kind
-# "opened", "used" or "closed". Empty in normal operation, so the hot paths pay one truth test.
-observers: list[Callable[[str, Any, records.ConnectionRecord], None]] = []
-
-
-def notify(kind: str, wrapper: Any, record: records.ConnectionRecord) -> None:
-    """Tell each observer; one that raises is reported once and never breaks the database call."""
-    for observer in list(observers):
-        try:
-            observer(kind, wrapper, record)
-        except Exception as exc:
-            events.internal_error("observer", exc)
 
 
 def open_record(wrapper: Any) -> records.ConnectionRecord:
-    """Make and register the record before the real connect: the code after it meets cold caches.
+    """Make and register the record before the real connect; connected() takes it back if no session came.
 
-    connected() takes the registration back if no session came of it.
+    Before, for two reasons: Django sends ``connection_created`` from inside
+    ``connect()``, and a receiver that closes or uses the new session must
+    find its record (tests/test_lifecycle.py fails with registration after the
+    connect); and the code after the driver's connect meets cold caches
+    (docs/performance.md).
     """
     record = records.ConnectionRecord(
         wrapper.alias,
@@ -105,7 +97,7 @@ def open_record(wrapper: Any) -> records.ConnectionRecord:
 def _unregister(wrapper: Any, record: records.ConnectionRecord, previous: Any) -> None:
     """Take back the registration of ``record``: its connect made no session."""
     records.registry.live.pop(record.conn_id, None)
-    record.state = records.ENDED
+    record.state = State.ENDED
     wrapper_dict = wrapper.__dict__
     if wrapper_dict.get(RECORD_ATTR) is record:
         if previous is None:
@@ -114,18 +106,18 @@ def _unregister(wrapper: Any, record: records.ConnectionRecord, previous: Any) -
             wrapper_dict[RECORD_ATTR] = previous
     ref = record.wrapper_ref
     if ref is not None and ref.record is record:
-        ref.record = previous if previous is not None and previous.state == records.OPEN else None
+        ref.record = previous if previous is not None and previous.state == State.OPEN else None
 
 
 def _on_wrapper_gone(ref: _WrapperRef) -> None:
     """Garbage-collector callback: a wrapper died, maybe holding an open connection."""
     _watched.pop(id(ref), None)
     record = ref.record
-    if record is None or record.state != records.OPEN:
+    if record is None or record.state != State.OPEN:
         return
-    end_without_close(record, records.ABANDONED)
+    end_without_close(record, Outcome.ABANDONED)
     # Emitting from inside the garbage collector could take a lock this thread holds.
-    process.pending.append(lambda: events.emit(WARNING, events.CONNECTION_ABANDONED, anomaly_fields(record)))
+    process.pending.append(lambda: events.emit(WARNING, Event.CONNECTION_ABANDONED, anomaly_fields(record)))
 
 
 def connected(
@@ -136,21 +128,21 @@ def connected(
     ``previous`` is the wrapper's record before this connect and ``before`` its
     driver connection then: a connect that left no new one made no session.
     """
-    if record.state != records.OPEN:
+    if record.state != State.OPEN:
         return  # closed already, by a connection_created receiver
     conn = wrapper.connection
     if conn is None or conn is before:
         _unregister(wrapper, record, previous)
         return
-    if previous is not None and previous.state == records.OPEN and _held_by(previous, wrapper):
+    if previous is not None and previous.state == State.OPEN and _held_by(previous, wrapper):
         # connect() on a wrapper that was already connected drops the old session (the
         # record may also be a copied wrapper's: copy.copy() shares the attribute).
         _on_abandon_now(previous)
     record.backend_pid = drivers.backend_pid(conn)
     if debug:
-        events.emit(DEBUG, events.CONNECTION_OPENED, base_fields(record))
+        events.emit(DEBUG, Event.CONNECTION_OPENED, base_fields(record))
     if observers:
-        notify("opened", wrapper, record)
+        notify(Observed.OPENED, wrapper, record)
 
 
 def _held_by(record: records.ConnectionRecord, wrapper: Any) -> bool:
@@ -159,8 +151,8 @@ def _held_by(record: records.ConnectionRecord, wrapper: Any) -> bool:
 
 
 def _on_abandon_now(record: records.ConnectionRecord) -> None:
-    end_without_close(record, records.ABANDONED)
-    events.emit(WARNING, events.CONNECTION_ABANDONED, anomaly_fields(record))
+    end_without_close(record, Outcome.ABANDONED)
+    events.emit(WARNING, Event.CONNECTION_ABANDONED, anomaly_fields(record))
 
 
 def _forget(record: records.ConnectionRecord) -> None:
@@ -176,7 +168,7 @@ def _end(record: records.ConnectionRecord, now: float) -> None:
 
 
 def end_without_close(
-    record: records.ConnectionRecord, outcome: str, closed_by: Optional[str] = None
+    record: records.ConnectionRecord, outcome: Outcome, closed_by: Optional[str] = None
 ) -> None:
     """End ``record`` for a session that went away without Django closing it (abandoned, discarded)."""
     record.add_close(
@@ -188,36 +180,20 @@ def end_without_close(
 def _report_close(
     record: records.ConnectionRecord, attempt: records.CloseAttempt, exc: Optional[BaseException]
 ) -> None:
-    if attempt.outcome == records.NOOP:
+    if attempt.outcome == Outcome.NOOP:
         return
     if exc is not None:
         fields = anomaly_fields(record)
         fields.update(error_type=attempt.error_type, error=attempt.error, downgraded=True)
-        events.emit(WARNING, events.CONNECTION_CLOSE_FAILED, fields)
-    elif attempt.outcome == records.ALREADY_CLOSED:
+        events.emit(WARNING, Event.CONNECTION_CLOSE_FAILED, fields)
+    elif attempt.outcome == Outcome.ALREADY_CLOSED:
         fields = anomaly_fields(record)
         fields["closed_by"] = attempt.closed_by
-        events.emit(WARNING, events.CONNECTION_DOUBLE_CLOSE, fields)
+        events.emit(WARNING, Event.CONNECTION_DOUBLE_CLOSE, fields)
     elif events.enabled(DEBUG):
         fields = base_fields(record)
         fields.update(outcome=attempt.outcome, age_s=record.age_s(), close_count=record.close_count)
-        events.emit(DEBUG, events.CONNECTION_CLOSED, fields)
-
-
-def undo_close(record: records.ConnectionRecord, attempt: records.CloseAttempt) -> None:
-    """Forget a close attempt that never ran (Django raised before closing)."""
-    try:
-        if record.closes and record.closes[-1] is attempt:
-            record.closes.pop()
-        record.close_count -= 1
-        if attempt.outcome != records.NOOP:
-            record.closed_mono = None
-            records.registry.reopened(record)
-            ref = record.wrapper_ref
-            if ref is not None and ref.record is None:
-                ref.record = record
-    except Exception as exc:
-        events.internal_error("close", exc)
+        events.emit(DEBUG, Event.CONNECTION_CLOSED, fields)
 
 
 def start_close(wrapper: Any, record: records.ConnectionRecord, shown: bool) -> records.CloseAttempt:
@@ -229,8 +205,8 @@ def start_close(wrapper: Any, record: records.ConnectionRecord, shown: bool) -> 
     conn = wrapper.connection
     now = time.monotonic()
     settings = conf.get()
-    if conn is None or wrapper.closed_in_transaction or record.state != records.OPEN:
-        outcome, closed_by = records.NOOP, None
+    if conn is None or wrapper.closed_in_transaction or record.state != State.OPEN:
+        outcome, closed_by = Outcome.NOOP, None
     else:
         # The socket is polled for sessions old enough for a server or pooler to have ended
         # them unseen, and for any that crossed a fork (a child may have ended it).
@@ -239,21 +215,21 @@ def start_close(wrapper: Any, record: records.ConnectionRecord, shown: bool) -> 
             bool(record.open_at_forks) or now - record.opened_mono >= settings["SOCKET_CHECK_AFTER_S"],
         )
         if closed_by is not None:
-            outcome = records.ALREADY_CLOSED
-            if closed_by == drivers.BY_SERVER and record.open_at_forks:
-                closed_by = "server_or_forked_child"
+            outcome = Outcome.ALREADY_CLOSED
+            if closed_by == ClosedBy.SERVER and record.open_at_forks:
+                closed_by = ClosedBy.SERVER_OR_FORKED_CHILD
         elif record.pooled:
-            outcome = records.RETURNED_TO_POOL
+            outcome = Outcome.RETURNED_TO_POOL
         else:
-            outcome = records.CLOSED
+            outcome = Outcome.CLOSED
     depth = settings["STACK_DEPTH"]
-    if not shown and outcome in CLOSED_NORMALLY and depth > NORMAL_CLOSE_FRAMES:
+    if not shown and outcome in NORMAL_OUTCOMES and depth > NORMAL_CLOSE_FRAMES:
         depth = NORMAL_CLOSE_FRAMES
     attempt = records.CloseAttempt(
         time.time(), process.pid, process.thread_name(), stacks.capture(depth, skip=2), outcome, closed_by
     )
     record.add_close(attempt)
-    if outcome != records.NOOP:
+    if outcome != Outcome.NOOP:
         _end(record, now)
     return attempt
 
@@ -266,8 +242,8 @@ def finish_close(
 ) -> None:
     try:
         if exc is not None:
-            predicted_noop = attempt.outcome == records.NOOP
-            attempt.outcome = records.FAILED
+            predicted_noop = attempt.outcome == Outcome.NOOP
+            attempt.outcome = Outcome.FAILED
             attempt.error_type = type(exc).__name__
             attempt.error = events.error_text(exc)
             if predicted_noop:
@@ -275,7 +251,7 @@ def finish_close(
                 _end(record, time.monotonic())
         _report_close(record, attempt, exc)
         if observers:
-            notify("closed", wrapper, record)
+            notify(Observed.CLOSE_ATTEMPTED, wrapper, record)
     except Exception as internal:
         events.internal_error("close", internal)
 

@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 from conntrace import conf, drivers, process, records
 from conntrace import panel_tracking as tracking
+from conntrace.names import WARNING_OUTCOMES, AtRequestEnd, Origin, Outcome, RequestEnd, State
 
 STATS_VERSION = 1
-WARNING_OUTCOMES = (records.ALREADY_CLOSED, records.FAILED, records.ABANDONED)
 
 
 def build_stats(session: Optional[tracking.Session], request_end: Optional[str] = None) -> dict[str, Any]:
@@ -27,15 +27,15 @@ def build_stats(session: Optional[tracking.Session], request_end: Optional[str] 
             "others": [],
             "process": _process_facts(),
             "counts": {"opened": 0, "reused": 0, "warnings": 0},
-            "request_end": "none",
+            "request_end": RequestEnd.NONE,
         }
     now = time.monotonic()
     downgrade = conf.get()["DOWNGRADE_CLOSE_ERRORS"]
     entries = [_connection_entry(touch, session, now, downgrade) for touch in session.touched.values()]
-    pending = any(e["at_request_end"] in ("closes", "checked") for e in entries)
+    pending = any(e["at_request_end"] in (AtRequestEnd.CLOSES, AtRequestEnd.CHECKED) for e in entries)
     if request_end is None:
         session.end_pending = pending
-        request_end = "pending" if pending else "none"
+        request_end = RequestEnd.PENDING if pending else RequestEnd.NONE
     others = [
         _other_entry(record, now)
         for record in records.registry.open_records()
@@ -48,8 +48,8 @@ def build_stats(session: Optional[tracking.Session], request_end: Optional[str] 
         "others": others,
         "process": _process_facts(),
         "counts": {
-            "opened": sum(1 for e in entries if e["origin"] != tracking.EARLIER),
-            "reused": sum(1 for e in entries if e["origin"] == tracking.EARLIER),
+            "opened": sum(1 for e in entries if e["origin"] != Origin.EARLIER),
+            "reused": sum(1 for e in entries if e["origin"] == Origin.EARLIER),
             "warnings": sum(e["warnings"] for e in entries),
         },
         "request_end": request_end,
@@ -78,7 +78,7 @@ def _connection_entry(
     data["opened_by_other_process"] = record.pid != process.pid
     data["driver_closed_by"] = None
     data["at_request_end"] = None
-    if record.state == records.OPEN:
+    if record.state == State.OPEN:
         wrapper = record.wrapper_ref() if record.wrapper_ref is not None else None
         if wrapper is not None and wrapper.connection is not None:
             data["driver_closed_by"] = _driver_closed_by(wrapper.connection)
@@ -111,12 +111,12 @@ def _driver_closed_by(conn: Any) -> Optional[str]:
 def _fate_at_request_end(wrapper: Any, now: float) -> str:
     """Say what Django's close_old_connections will do with this connection when the request ends."""
     if wrapper.autocommit != wrapper.settings_dict.get("AUTOCOMMIT", True):
-        return "closes"
+        return AtRequestEnd.CLOSES
     if wrapper.close_at is not None and now >= wrapper.close_at:
-        return "closes"
+        return AtRequestEnd.CLOSES
     if wrapper.errors_occurred:
-        return "checked"
-    return "kept"
+        return AtRequestEnd.CHECKED
+    return AtRequestEnd.KEPT
 
 
 def _badges(data: dict[str, Any], downgrade: bool) -> tuple[list[dict[str, str]], int]:
@@ -126,15 +126,15 @@ def _badges(data: dict[str, Any], downgrade: bool) -> tuple[list[dict[str, str]]
     for close in data["closes"]:
         if close["outcome"] in WARNING_OUTCOMES:
             warnings += 1
-    if records.ALREADY_CLOSED in outcomes:
-        who = next(c["closed_by"] for c in data["closes"] if c["outcome"] == records.ALREADY_CLOSED)
+    if Outcome.ALREADY_CLOSED in outcomes:
+        who = next(c["closed_by"] for c in data["closes"] if c["outcome"] == Outcome.ALREADY_CLOSED)
         badges.append(
             _badge("double-close", "double close", f"closed again after the {who or 'driver'} had closed it")
         )
-    if records.FAILED in outcomes:
+    if Outcome.FAILED in outcomes:
         label = "close error downgraded" if downgrade else "close error"
         badges.append(_badge("close-failed", label, "the driver raised while closing"))
-    if records.ABANDONED in outcomes:
+    if Outcome.ABANDONED in outcomes:
         badges.append(_badge("abandoned", "abandoned", "its wrapper was garbage-collected while open"))
     if data["inherited"]:
         warnings += 1
@@ -143,7 +143,7 @@ def _badges(data: dict[str, Any], downgrade: bool) -> tuple[list[dict[str, str]]
                 "fork-inherited", "fork-inherited", f"opened by process {data['opened_by_pid']} before a fork"
             )
         )
-    if data["driver_closed_by"] and records.ALREADY_CLOSED not in outcomes:
+    if data["driver_closed_by"] and Outcome.ALREADY_CLOSED not in outcomes:
         warnings += 1
         badges.append(
             _badge(
@@ -152,9 +152,9 @@ def _badges(data: dict[str, Any], downgrade: bool) -> tuple[list[dict[str, str]]
                 f"closed by the {data['driver_closed_by']}; Django's next close is a double close",
             )
         )
-    if records.NOOP in outcomes:
+    if Outcome.NOOP in outcomes:
         badges.append(_badge("repeat-close", "repeat close (no-op)", "Django's wrapper was already closed"))
-    if data["origin"] == tracking.TOOLBAR:
+    if data["origin"] == Origin.TOOLBAR:
         badges.append(
             _badge("toolbar", "opened by the toolbar's store", "the debug toolbar's DatabaseStore opened it")
         )

@@ -1,7 +1,7 @@
 """Which database connections one toolbar request used, from the panel's start to ``request_finished``.
 
 While the Connections panel is enabled for a request, :func:`observe` is one of
-conntrace's ``lifecycle.observers``: it is registered when the first such
+conntrace's ``observers``: it is registered when the first such
 request starts and removed when the last one ends, so nothing listens while no
 toolbar request is in flight. A request is found through a context variable
 (WSGI, and the threads ASGI runs sync code in) or, at ``request_finished`` under
@@ -27,10 +27,8 @@ from django.core.signals import request_finished
 from django.db import close_old_connections, connections
 
 from conntrace import events, instrument, process, records, stacks
+from conntrace.names import Observed, Origin, State
 
-# Opened in this request by the application, by the toolbar's own store, or before this request.
-REQUEST, TOOLBAR, EARLIER = "request", "toolbar", "earlier"
-ACTIVE, PAUSED = "active", "paused"
 RECEIVER_UID = "conntrace.panels.request_finished"
 STALE_S = 300.0  # a request whose request_finished never came is forgotten after this long
 _STORE_FILE = os.path.join("debug_toolbar", "store.py")
@@ -41,7 +39,7 @@ class Touch:
 
     __slots__ = ("closes_at_stats", "closes_before", "origin", "record")
 
-    def __init__(self, record: records.ConnectionRecord, origin: str, closes_before: int) -> None:
+    def __init__(self, record: records.ConnectionRecord, origin: Origin, closes_before: int) -> None:
         self.record = record
         self.origin = origin
         self.closes_before = closes_before
@@ -55,7 +53,8 @@ class Session:
         # Called at request_finished with this session, to store the stats again.
         self.save = save
         self.started_mono = time.monotonic()
-        self.phase = ACTIVE
+        # Between the toolbar's stats and request_finished: only this request's closes count.
+        self.paused = False
         self.touched: dict[int, Touch] = {}
         # Threads where the request used a connection (under ASGI, not the one that enabled the panel).
         self.threads: set[int] = set()
@@ -63,35 +62,35 @@ class Session:
         self.late = False
         self.end_pending = False
 
-    def observe(self, kind: str, record: records.ConnectionRecord) -> None:
-        if self.phase == PAUSED:
+    def observe(self, kind: Observed, record: records.ConnectionRecord) -> None:
+        if self.paused:
             # Between the toolbar's stats and request_finished only closes of this
             # request's connections count: the rest is the toolbar storing its stats.
-            if kind == "closed" and record.conn_id in self.touched:
+            if kind == Observed.CLOSE_ATTEMPTED and record.conn_id in self.touched:
                 self.late = True
             return
         self.threads.add(threading.get_ident())
         if record.conn_id in self.touched:
             return
-        if kind == "used" and record.state != records.OPEN:
+        if kind == Observed.USED and record.state != State.OPEN:
             return  # Django's connect() uses the wrapper before conntrace has its new record
-        if kind == "opened":
+        if kind == Observed.OPENED:
             if not opened_by_toolbar(record):
-                self.touched[record.conn_id] = Touch(record, REQUEST, 0)
+                self.touched[record.conn_id] = Touch(record, Origin.REQUEST, 0)
             return
         if toolbar_in_stack():
             return
         if opened_by_toolbar(record):
-            origin = TOOLBAR
+            origin = Origin.TOOLBAR
         elif record.pid == process.pid and record.opened_mono >= self.started_mono:
-            origin = REQUEST
+            origin = Origin.REQUEST
         else:
-            origin = EARLIER
-        before = record.close_count - (1 if kind == "closed" else 0)
+            origin = Origin.EARLIER
+        before = record.close_count - (1 if kind == Observed.CLOSE_ATTEMPTED else 0)
         self.touched[record.conn_id] = Touch(record, origin, before)
 
     def pause(self) -> None:
-        self.phase = PAUSED
+        self.paused = True
         with _lock:
             for ident in self.threads:
                 _by_thread[ident] = self
@@ -111,7 +110,7 @@ _sessions: set[Session] = set()
 _lock = threading.Lock()
 
 
-def observe(kind: str, wrapper: Any, record: records.ConnectionRecord) -> None:
+def observe(kind: Observed, wrapper: Any, record: records.ConnectionRecord) -> None:
     """Pass a connection event to the toolbar request it belongs to, if any (an ``instrument`` observer)."""
     session = _current.get() or _by_thread.get(threading.get_ident())
     if session is not None:

@@ -24,6 +24,7 @@ from debug_toolbar.panels import Panel
 from django.template import Context, Engine
 
 from conntrace import panel_stats, panel_tracking, process
+from conntrace.names import RequestEnd
 
 TEMPLATE = "conntrace/panel.html"
 WAIT_FOR_END_S = 1.0  # how long a stored panel waits for the close at the end of its request
@@ -102,12 +103,12 @@ class ConnectionsPanel(Panel):
                 panel_tracking.stop(session)
 
     def _store_again(self, session: panel_tracking.Session) -> None:
-        self.record_stats(panel_stats.build_stats(session, request_end="seen"))
+        self.record_stats(panel_stats.build_stats(session, request_end=RequestEnd.SEEN))
 
     @property
     def content(self) -> str:
         stats = self.get_stats()
-        if self.from_store and stats.get("request_end") == "pending":
+        if self.from_store and stats.get("request_end") == RequestEnd.PENDING:
             stats = self._wait_for_request_end(stats)
         return render(stats)
 
@@ -117,6 +118,6 @@ class ConnectionsPanel(Panel):
         while time.monotonic() < deadline:
             time.sleep(0.05)
             fresh = self.toolbar.store.panel(self.toolbar.request_id, self.panel_id)
-            if fresh and fresh.get("request_end") != "pending":
+            if fresh and fresh.get("request_end") != RequestEnd.PENDING:
                 return fresh
         return stats

@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Any, TextIO
 
-from conntrace import conf, drivers, events, forking, instrument, lifecycle, process, records, stacks
+from conntrace import conf, drivers, events, instrument, lifecycle, pools, process, records, stacks
 
 EXIT_CLEAN = 0
 EXIT_OPEN = 1
@@ -89,7 +89,7 @@ def _start_tracing() -> None:
     if process.active:
         return
     # Reading CONNTRACE needs Django's settings, which the target module usually sets up itself.
-    conf._cache = {**conf.DEFAULTS, "HIDE_MODULES": ()}
+    conf.use_defaults()
     instrument.install()
 
 
@@ -155,9 +155,9 @@ def open_connections() -> list[dict[str, Any]]:
     if process.pending:
         process.flush_pending()
     found = [_record_entry(record) for record in records.registry.open_records()]
-    for alias, _, idle in forking._pools():
+    for alias, _, idle in pools.idle_pools():
         for conn in idle:
-            fields = forking._pooled_fields(alias, drivers.backend_pid(conn), process.pid)
+            fields = pools.idle_fields(alias, drivers.backend_pid(conn), process.pid)
             found.append({key: fields[key] for key in _KEYS if key in fields} | {"pooled_idle": True})
     found.extend(_untracked(records.registry.open_records()))
     return found

@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from conntrace.events import internal_error
+
 pid: int = os.getpid()
 parent_pid: int = os.getppid()
 # Bumped in every forked child; records remember the value they were opened with.
@@ -59,6 +61,4 @@ def flush_pending() -> None:
         try:
             report()
         except Exception as exc:
-            from conntrace.events import internal_error
-
             internal_error("pending_report", exc)

@@ -13,57 +13,40 @@ import itertools
 import time
 import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Optional
 
+from conntrace.names import Outcome, State
 from conntrace.stacks import RawStack, frame_filter
-
-# Close outcomes.
-CLOSED = "closed"
-RETURNED_TO_POOL = "returned_to_pool"
-ALREADY_CLOSED = "already_closed"
-NOOP = "noop"
-FAILED = "failed"
-ABANDONED = "abandoned"
-
-# Record states.
-OPEN = "open"
-ENDED = "closed"
 
 MAX_CLOSE_ATTEMPTS = 20  # per record; later attempts are only counted
 
 _ids = itertools.count(1)
 
 
+def take_id() -> int:
+    """Return a new connection id: every later record's ``conn_id`` is greater."""
+    return next(_ids)
+
+
+@dataclass(slots=True)
 class CloseAttempt:
     """One call to close a connection, by whom and with what outcome."""
 
-    __slots__ = ("at", "closed_by", "error", "error_type", "outcome", "pid", "stack", "thread")
-
-    def __init__(
-        self,
-        at: float,
-        pid: int,
-        thread: str,
-        stack: RawStack,
-        outcome: str,
-        closed_by: Optional[str] = None,
-        error_type: Optional[str] = None,
-        error: Optional[str] = None,
-    ) -> None:
-        self.at = at
-        self.pid = pid
-        self.thread = thread
-        self.stack = stack
-        self.outcome = outcome
-        self.closed_by = closed_by
-        self.error_type = error_type
-        self.error = error
+    at: float
+    pid: int
+    thread: str
+    stack: RawStack
+    outcome: Outcome
+    closed_by: Optional[str] = None  # a ClosedBy, or for a discard after fork a Discard
+    error_type: Optional[str] = None
+    error: Optional[str] = None
 
     def as_event(self) -> dict[str, Any]:
         """Return this attempt as it appears inside an event: the user's frames only."""
         ff = frame_filter()
         return {
-            "at": _iso(self.at),
+            "at": iso_time(self.at),
             "pid": self.pid,
             "thread": self.thread,
             "outcome": self.outcome,
@@ -130,7 +113,7 @@ class ConnectionRecord:
         self.stack = stack
         self.backend_pid: Optional[int] = None
         self.pooled = False
-        self.state = OPEN
+        self.state = State.OPEN
         self.closes: list[CloseAttempt] = []
         self.close_count = 0
         self.closed_mono: Optional[float] = None
@@ -174,7 +157,7 @@ class ConnectionRecord:
             "state": self.state,
             "pid": self.pid,
             "thread": self.thread,
-            "opened_at": _iso(self.opened_at),
+            "opened_at": iso_time(self.opened_at),
             "age_s": self.age_s(),
             "backend_pid": self.backend_pid,
             "pooled": self.pooled,
@@ -190,7 +173,8 @@ class ConnectionRecord:
         }
 
 
-def _iso(ts: float) -> str:
+def iso_time(ts: float) -> str:
+    """Return a wall-clock time as UTC ISO 8601."""
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
 
 
@@ -210,16 +194,9 @@ class Registry:
         """Move a record from the open set to the history (idempotent)."""
         # Ended even when no longer listed (after clear()): an OPEN state left behind
         # would make the wrapper's next connect report this closed session as abandoned.
-        record.state = ENDED
+        record.state = State.ENDED
         if self.live.pop(record.conn_id, None) is not None:
             self.history.append(record)
-
-    def reopened(self, record: ConnectionRecord) -> None:
-        """Undo ended(): the close it recorded never ran."""
-        record.state = OPEN
-        if self.history and self.history[-1] is record:
-            self.history.pop()
-        self.live[record.conn_id] = record
 
     def open_records(self) -> list[ConnectionRecord]:
         """Return the records of connections open now."""

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from conntrace import install, process, records
+from conntrace.names import CLEAN_OUTCOMES
 
 
 class TrackedConnections:
@@ -38,12 +39,11 @@ class TrackedConnections:
 
     def anomalies(self) -> list[dict[str, Any]]:
         """Return the close attempts of the block's connections that were not clean."""
-        clean = {records.CLOSED, records.RETURNED_TO_POOL, records.NOOP}
         return [
             {"conn_id": record["conn_id"], "opened_in": record["opened_in"], **attempt}
             for record in self.opened()
             for attempt in record["closes"]
-            if attempt["outcome"] not in clean
+            if attempt["outcome"] not in CLEAN_OUTCOMES
         ]
 
 
@@ -51,7 +51,7 @@ class TrackedConnections:
 def track_connections() -> Iterator[TrackedConnections]:
     """Track the connections opened inside the block (installs conntrace if needed)."""
     install()
-    first_id = next(records._ids)
+    first_id = records.take_id()
     yield TrackedConnections(first_id)
 
 

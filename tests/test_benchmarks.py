@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-USE_WRAPPER = "_wrap_use.<locals>._cursor"
+USE_WRAPPER = "wrap_use.<locals>._cursor"
 
 
 # Run in a process of its own, as an application runs, with nothing bound in structlog's context
@@ -132,8 +132,8 @@ def test_with_structlog_context_bound_a_cursor_enters_conntrace_once(per_query_c
 def test_the_call_counter_sees_conntrace_when_it_runs(per_query_calls):
     """The counter itself works: a connect and a close do enter conntrace."""
     calls = per_query_calls["connect_and_close"]
-    assert calls["_wrap_connect.<locals>.connect"] == 1
-    assert calls["_wrap_close.<locals>.close"] == 1
+    assert calls["wrap_connect.<locals>.connect"] == 1
+    assert calls["wrap_close.<locals>.close"] == 1
 
 
 EXPECTED_CONTENDERS = {"baseline", "do-nothing", "conntrace-quiet", "conntrace-json", "sentry", "otel"}

@@ -27,7 +27,7 @@ from django.db import OperationalError, connection, connections
 from django.test.runner import DiscoverRunner
 
 import conntrace
-from conntrace import InheritedConnectionError, forking, process
+from conntrace import InheritedConnectionError, fork_reports, process
 from tests.conftest import named
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "other", "lite"])]
@@ -432,7 +432,7 @@ def test_forks_under_djangos_test_runner_are_reported_as_info_even_from_a_pool_t
     assert {e["thread"] == "MainThread" for e in at_fork} == {True, False}
     for event in at_fork:
         assert event["log_level"] == "info"
-        assert event["hint"] == forking.TEST_RUNNER_HINT
+        assert event["hint"] == fork_reports.TEST_RUNNER_HINT
 
 
 @pytest.mark.slow
@@ -473,10 +473,10 @@ def test_django_parallel_test_runner(policy, tmp_path):
         assert len(inherited) == 2
         for event in at_fork + inherited:
             assert event["level"] == "info"
-            assert event["hint"] == forking.TEST_RUNNER_HINT
+            assert event["hint"] == fork_reports.TEST_RUNNER_HINT
         assert not named(events, "connection_double_close")
     else:
         assert out.returncode != 0
         assert "were ended by a worker" in out.stderr
-        assert all(e["hint"] == forking.TEST_RUNNER_WARN_HINT for e in at_fork + inherited)
+        assert all(e["hint"] == fork_reports.TEST_RUNNER_WARN_HINT for e in at_fork + inherited)
         assert all(e["level"] == "warning" for e in at_fork)

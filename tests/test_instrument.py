@@ -97,7 +97,7 @@ def test_live_and_history_are_json_serialisable():
     open_and_query()
     assert json.loads(json.dumps(conntrace.live()))
     connection.close()
-    assert json.loads(json.dumps(conntrace.history()))[-1]["state"] == "closed"
+    assert json.loads(json.dumps(conntrace.history()))[-1]["state"] == "ended"
     assert not [r for r in conntrace.live() if r["alias"] == "default"]
 
 
@@ -344,7 +344,7 @@ def test_a_failed_reconnect_keeps_the_previous_record_ended(captured):
     wrapper.settings_dict = {**wrapper.settings_dict, "NAME": "/nonexistent-dir/x.sqlite3"}
     with pytest.raises(OperationalError):
         wrapper.ensure_connection()
-    assert lifecycle.record_of(wrapper) is first and first.state == "closed"
+    assert lifecycle.record_of(wrapper) is first and first.state == "ended"
     assert [r for r in conntrace.live() if r["alias"] == "lite-reconnect"] == []
     assert [e for e in captured if e["log_level"] != "debug"] == []
 

@@ -29,6 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 import conntrace
 from conntrace import lifecycle, records
+from conntrace.names import Outcome
 from tests import pgserver
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -90,14 +91,14 @@ class ConnectionLife(RuleBasedStateMachine):
         if record is None:
             return  # never opened: Django returns at once and there is nothing to record
         if not really_open(self.wrappers[index]):
-            self.expected[record.conn_id].append((records.NOOP, None))
+            self.expected[record.conn_id].append((Outcome.NOOP, None))
         elif index in self.driver_closed:
             by = self.killed_by[index]
             if by == "server" and record.open_at_forks:
                 by = "server_or_forked_child"  # a child could have ended it too: conntrace says so
-            self.expected[record.conn_id].append((records.ALREADY_CLOSED, by))
+            self.expected[record.conn_id].append((Outcome.ALREADY_CLOSED, by))
         else:
-            self.expected[record.conn_id].append((records.CLOSED, None))
+            self.expected[record.conn_id].append((Outcome.CLOSED, None))
 
     def after_open(self, index: int, before: Optional[records.ConnectionRecord]) -> None:
         record = self.record(index)
@@ -204,7 +205,7 @@ class ConnectionLife(RuleBasedStateMachine):
         [record] = made
         assert record.conn_id not in self.records
         self.records[record.conn_id] = record
-        self.expected[record.conn_id] = [(records.ABANDONED if leave_open else records.CLOSED, None)]
+        self.expected[record.conn_id] = [(Outcome.ABANDONED if leave_open else Outcome.CLOSED, None)]
 
     @rule()
     def fork(self) -> None:

@@ -1,0 +1,139 @@
+"""The words conntrace's users see, each defined once: outcomes, closers, states, policies, events.
+
+Every module imports its words from here. Members are ``StrEnum``s: they
+compare equal to their plain value and serialise as it (JSON, ``str()``,
+f-strings, and ``repr()`` for key=value renderers), so events, records and the
+panel's stored stats carry plain strings. No two names share a value.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import IntEnum, StrEnum
+
+
+class Name(StrEnum):
+    """A word users see: its ``repr`` is its value's, as a log line should print it."""
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class State(Name):
+    """Whether a record's session is open or has ended."""
+
+    OPEN = "open"
+    ENDED = "ended"
+
+
+class Outcome(Name):
+    """How one close attempt (or the end of a session without one) went."""
+
+    CLOSED = "closed"
+    RETURNED_TO_POOL = "returned_to_pool"  # Django's psycopg pool: close() returns it
+    ALREADY_CLOSED = "already_closed"  # the driver connection was closed before Django's close
+    NOOP = "noop"  # Django's wrapper was already closed: Django returned silently
+    FAILED = "failed"  # the driver raised while closing
+    ABANDONED = "abandoned"  # the wrapper was garbage-collected (or reconnected) while open
+    DISCARDED_AFTER_FORK = "discarded_after_fork"  # a forked child dropped its inherited copy
+
+
+# Closes that end a session the way it should end.
+NORMAL_OUTCOMES = frozenset({Outcome.CLOSED, Outcome.RETURNED_TO_POOL})
+# Close attempts that are not a problem (a no-op repeat close is Django's own habit).
+CLEAN_OUTCOMES = NORMAL_OUTCOMES | {Outcome.NOOP}
+# Outcomes that are a warning where a person reads them (events, the panel).
+WARNING_OUTCOMES = frozenset({Outcome.ALREADY_CLOSED, Outcome.FAILED, Outcome.ABANDONED})
+
+
+class ClosedBy(Name):
+    """Who had already closed a connection that Django then closed again."""
+
+    APPLICATION = "application"  # code closed the driver connection directly
+    SERVER = "server"  # the server or a pooler ended the session
+    SERVER_OR_FORKED_CHILD = "server_or_forked_child"  # as SERVER, for a session that crossed a fork
+
+
+class Discard(Name):
+    """How a forked child dropped an inherited connection (``closed_by`` of a discard)."""
+
+    SOCKET_DETACHED = "socket detached"  # the descriptor now points at /dev/null
+    KEPT_UNCLOSED = "kept unclosed"  # no descriptor: the driver object is kept, never closed
+    WRAPPER_GONE = "wrapper already gone"
+
+
+class Policy(Name):
+    """``FORK_POLICY``: what a forked child does with a connection its parent opened."""
+
+    RESET = "reset"
+    WARN = "warn"
+    RAISE = "raise"
+
+
+class Event(Name):
+    """Event names, as structlog's ``event`` field."""
+
+    CONNECTION_OPENED = "connection_opened"
+    CONNECTION_CLOSED = "connection_closed"
+    CONNECTION_DOUBLE_CLOSE = "connection_double_close"
+    CONNECTION_CLOSE_FAILED = "connection_close_failed"
+    CONNECTION_ABANDONED = "connection_abandoned"
+    CONNECTION_OPEN_AT_FORK = "connection_open_at_fork"
+    CONNECTION_FORK_INHERITED = "connection_fork_inherited"
+    CONNECTION_INHERITED_USED = "connection_inherited_used"
+    INTERNAL_ERROR = "conntrace_internal_error"
+
+
+class Level(IntEnum):
+    """The levels events are emitted at (the standard library's numbers)."""
+
+    DEBUG = logging.DEBUG
+    INFO = logging.INFO
+    WARNING = logging.WARNING
+    ERROR = logging.ERROR
+
+
+class Observed(Name):
+    """What an observer (a debugging tool such as the toolbar panel) is told about a connection."""
+
+    OPENED = "opened"
+    USED = "used"  # its first use in a request, or after a fork
+    CLOSE_ATTEMPTED = "close_attempted"
+
+
+class Origin(Name):
+    """The panel: where a connection the request touched came from."""
+
+    REQUEST = "request"  # opened by the application during this request
+    TOOLBAR = "toolbar"  # opened during this request by the toolbar's own store
+    EARLIER = "earlier"  # opened before this request (or by another process)
+
+
+class RequestEnd(Name):
+    """The panel: whether the close Django makes at ``request_finished`` is in the stored stats."""
+
+    PENDING = "pending"  # stats stored before request_finished, which will close something
+    SEEN = "seen"  # stored again after request_finished
+    NONE = "none"  # nothing to wait for
+
+
+class AtRequestEnd(Name):
+    """The panel: what Django's ``close_old_connections`` will do with an open connection."""
+
+    CLOSES = "closes"
+    CHECKED = "checked"  # errors occurred: Django checks it is usable, and closes it if not
+    KEPT = "kept"
+
+
+VOCABULARY: tuple[type[Name], ...] = (
+    State,
+    Outcome,
+    ClosedBy,
+    Discard,
+    Policy,
+    Event,
+    Observed,
+    Origin,
+    RequestEnd,
+    AtRequestEnd,
+)
