@@ -44,7 +44,7 @@ class _LevelGate:
             self.stdlib_logger = bound._logger
             self.min_level = logging.NOTSET
             return
-        check = getattr(bound, "is_enabled_for", None)
+        check = getattr(bound, "is_enabled_for", None) or _filtered_level_check(bound)
         self.min_level = logging.NOTSET
         if check is not None:
             for level in Level:
@@ -55,9 +55,32 @@ class _LevelGate:
                 self.min_level = logging.CRITICAL + 1
 
 
+def _filtered_level_check(bound: Any) -> Any:
+    """Tell the levels a filtering logger drops, on a structlog without ``is_enabled_for`` (before 25.1).
+
+    There, every method below the logger's level is one shared no-op function:
+    the one a logger filtering at CRITICAL has for ``debug``.
+    """
+    try:
+        nop = structlog.make_filtering_bound_logger(logging.CRITICAL).debug
+    except Exception:
+        return None
+    methods = type(bound)
+    return lambda level: getattr(methods, Level(level).name.lower(), None) is not nop
+
+
 gate = _LevelGate()
-# structlog's one configuration object: configure() and reset_defaults() change it in place.
-_CONFIG = structlog._config._CONFIG
+# structlog's one configuration object: configure() and reset_defaults() change it in place,
+# so three identity tests tell whether it changed. It is private: without it (another
+# structlog), the public get_config() is read instead, about 1 µs more per check.
+_CONFIG: Any = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+if not all(hasattr(_CONFIG, name) for name in ("is_configured", "default_wrapper_class", "logger_factory")):
+    _CONFIG = None
+
+
+def _public_config_key() -> tuple[Any, Any, Any]:
+    config = structlog.get_config()
+    return (structlog.is_configured(), config.get("wrapper_class"), config.get("logger_factory"))
 
 
 def reset() -> None:
@@ -72,7 +95,11 @@ def enabled(level: int) -> bool:
         # connect and close asks (see docs/performance.md).
         config = _CONFIG
         key = gate.key
-        if (
+        if config is None:
+            fresh = _public_config_key()
+            if key is None or any(a is not b for a, b in zip(key, fresh, strict=True)):
+                gate.refresh(fresh)
+        elif (
             key is None
             or key[0] is not config.is_configured
             or key[1] is not config.default_wrapper_class

@@ -50,6 +50,8 @@ def anomaly_fields(record: records.ConnectionRecord) -> dict[str, Any]:
 # structlog keeps one ContextVar per key ever bound, here: reading those few is much
 # cheaper than get_contextvars(), which walks every context variable of the process.
 STRUCTLOG_VARS: Optional[dict[str, Any]] = getattr(structlog.contextvars, "_CONTEXT_VARS", None)
+if not isinstance(STRUCTLOG_VARS, dict):  # private: another structlog may keep them elsewhere
+    STRUCTLOG_VARS = None
 _STRUCTLOG_PREFIX_LEN = len(getattr(structlog.contextvars, "STRUCTLOG_KEY_PREFIX", "structlog_"))
 
 

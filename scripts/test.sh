@@ -4,7 +4,8 @@
 # Installs what the tests need (PostgreSQL 15, pgbouncer, Chromium) when missing,
 # creates a virtualenv in .venv with the project and its dev extras, then runs:
 #   1. every test with psycopg 3 (plus SQLite),
-#   2. the driver tests again with psycopg2 (psycopg 3 hidden from Django).
+#   2. the driver tests again with psycopg2 (psycopg 3 hidden from Django),
+#   3. the structlog-facing tests again on the oldest structlog conntrace supports.
 # The tests start their own PostgreSQL / pgbouncer / gunicorn / Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +41,14 @@ echo "== tests (psycopg 3 and SQLite)"
 .venv/bin/python -m pytest "$@" || status=$?
 echo "== driver tests again with psycopg2"
 CONNTRACE_TEST_DRIVER=psycopg2 .venv/bin/python -m pytest -m drivers "$@" || status=$?
+
+# pyproject.toml says structlog>=24.1, and .venv has the newest: run what touches structlog
+# (events, the request context, the level gate) on 24.1.0 too, put first on the path.
+oldest_structlog=24.1.0
+structlog_dir=".venv/structlog-$oldest_structlog"
+echo "== structlog tests again with structlog $oldest_structlog"
+[ -d "$structlog_dir/structlog" ] || .venv/bin/python -m pip install -q --no-deps --target "$structlog_dir" "structlog==$oldest_structlog"
+PYTHONPATH="$structlog_dir" CONNTRACE_TEST_STRUCTLOG="$oldest_structlog" \
+  CONNTRACE_TEST_STRUCTLOG_PATH="$(cd "$structlog_dir" && pwd)" \
+  .venv/bin/python -m pytest tests/test_events.py tests/test_instrument.py tests/test_lifecycle.py "$@" || status=$?
 exit $status

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import structlog
-from django.db import connection
+from django.db import connection, connections
 
 from conntrace import events
 
@@ -28,7 +28,7 @@ def test_unconfigured_structlog_gets_no_debug_lines_but_does_get_warnings():
     result = run_script(
         """
         import structlog
-        from django.db import connection
+        from django.db import connection, connections
         assert not structlog.is_configured()
         for _ in range(3):
             with connection.cursor() as cursor:
@@ -124,3 +124,39 @@ def test_redact_removes_configured_passwords_and_dsn_credentials():
     assert pgserver.APP_PASSWORD not in redacted
     assert "hunter2" not in redacted
     assert redacted.count("***") == 3
+
+
+def test_without_structlogs_private_config_the_level_gate_reads_the_public_one(monkeypatch):
+    """structlog's ``_CONFIG`` is private: another release may not have it."""
+    monkeypatch.setattr(events, "_CONFIG", None)
+    events.reset()
+    try:
+        assert not events.enabled(logging.DEBUG)  # structlog's defaults: warnings only
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+        assert events.enabled(logging.DEBUG)  # the change is seen without a reset
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+        assert not events.enabled(logging.WARNING)
+    finally:
+        structlog.reset_defaults()
+        events.reset()
+
+
+def test_without_structlogs_private_context_variables_the_request_context_is_still_remembered(
+    monkeypatch,
+):
+    """structlog's ``_CONTEXT_VARS`` is private: without it, the public ``get_contextvars()`` is read."""
+    from conntrace import fields, lifecycle
+
+    monkeypatch.setattr(fields, "STRUCTLOG_VARS", None)
+    connection.close()
+    with structlog.contextvars.bound_contextvars(request_id="req-public-api"), connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    assert lifecycle.record_of(connections["default"]).context == {"request_id": "req-public-api"}
+
+
+def test_the_structlog_under_test_is_the_one_asked_for():
+    """``scripts/test.sh`` runs these tests again on the oldest structlog conntrace supports."""
+    wanted = os.environ.get("CONNTRACE_TEST_STRUCTLOG")
+    installed = __import__("importlib.metadata").metadata.version("structlog")
+    assert installed == (wanted or installed)
+    assert structlog.__file__.startswith(os.environ.get("CONNTRACE_TEST_STRUCTLOG_PATH", ""))
