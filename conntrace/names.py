@@ -82,6 +82,7 @@ class Event(Name):
     CONNECTION_FORK_INHERITED = "connection_fork_inherited"
     CONNECTION_INHERITED_USED = "connection_inherited_used"
     INTERNAL_ERROR = "conntrace_internal_error"
+    SETTINGS_INVALID = "conntrace_settings_invalid"
 
 
 class Level(IntEnum):
