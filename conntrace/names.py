@@ -83,6 +83,24 @@ class Event(Name):
     CONNECTION_INHERITED_USED = "connection_inherited_used"
     INTERNAL_ERROR = "conntrace_internal_error"
     SETTINGS_INVALID = "conntrace_settings_invalid"
+    REPORTS_REPEATED = "conntrace_reports_repeated"  # info, at exit: reports emitted once, then counted
+
+
+class ForkNoticed(Name):
+    """How a process learnt that it is a forked child holding its parent's connections."""
+
+    AT_FORK_HOOK = "at_fork_hook"  # Python's os.register_at_fork (os.fork, multiprocessing, gunicorn)
+    UWSGI_POST_FORK = "uwsgi_post_fork"  # uWSGI forks from C: its post-fork hook told us
+    AT_CONNECT = "at_connect"  # nobody told us: the process id differed at the next connect,
+    AT_USE = "at_use"  # ... at the connection's next use (a new cursor),
+    AT_CLOSE = "at_close"  # ... or at its next close
+
+
+class HandledBy(Name):
+    """Who else makes a forked child's inherited connections safe, so that it is not a problem."""
+
+    DJANGO_TEST_RUNNER = "django_test_runner"  # manage.py test --parallel: each worker closes its copy
+    CELERY_DJANGO_FIXUP = "celery_django_fixup"  # Celery's worker_process_init drops inherited ones
 
 
 class Level(IntEnum):
@@ -133,6 +151,8 @@ VOCABULARY: tuple[type[Name], ...] = (
     Discard,
     Policy,
     Event,
+    ForkNoticed,
+    HandledBy,
     Observed,
     Origin,
     RequestEnd,
