@@ -1,8 +1,11 @@
 """What conntrace says about a connection that crossed ``fork()``: levels, hints and fields.
 
-Emitted by ``forking`` at safe points only (see its docstring). Under Django's
-parallel test runner with a policy that heals the child, the events are info
-with a hint that there is nothing to fix.
+Emitted by ``forking`` at safe points only (see its docstring). Quiet where
+the fork is healthy: info where someone else makes the child safe (Django's
+parallel test runner, Celery's Django fixup), a warning in a child that
+FORK_POLICY "reset" healed, an error only where the child still shares the
+session (or will raise); and a parent that forks again and again (a
+respawning master) reports each line once, then counts.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any, Optional
 
 from conntrace import drivers, events, pools, process, records, stacks
 from conntrace.fields import base_fields
-from conntrace.names import Event, Policy
+from conntrace.names import Event, ForkNoticed, HandledBy, Policy
 
 TEST_RUNNER_HINT = (
     "Django's parallel test runner forks its workers with connections open. With FORK_POLICY "
@@ -24,13 +27,14 @@ TEST_RUNNER_WARN_HINT = (
     "closes its copy: with FORK_POLICY 'warn' that close ends the parent's session. "
     "Use FORK_POLICY 'reset' (the default)."
 )
+CELERY_HINT = (
+    "Celery's Django fixup closes the connections each pool child inherits (worker_process_init) "
+    "without touching the parent's session: expected, nothing to fix. See docs/fork-safety.md#celery"
+)
 DEPLOY_HINT = (
-    "A connection opened before fork() is shared by every child: their queries interleave on one "
-    "session and can read each other's rows. Remove the query at opened_in (usually run at import "
-    "time), or close connections in the parent before it forks (gunicorn: connections.close_all() "
-    "in a pre_fork hook or at the end of the preloaded module, plus close_pool() with a psycopg pool, "
-    "or no --preload; uWSGI: lazy-apps = true). "
-    "Check before deploying with: python -m conntrace preflight MODULE:ATTR"
+    "Every child shares this session. Remove the query at opened_in (often run at import time) or "
+    "close connections before forking; check with: python -m conntrace preflight MODULE:ATTR. "
+    "See docs/fork-safety.md#fix-it"
 )
 
 ACTIONS = {
@@ -42,13 +46,51 @@ ACTIONS = {
 }
 
 
-def level_and_hint(policy: str, by_runner: bool, default: int) -> tuple[int, str]:
-    """Return the level and hint of a fork report: quieter where the test runner heals the child."""
-    if by_runner and policy != Policy.WARN:
+def level_and_hint(policy: str, handled: Optional[HandledBy], in_child: bool) -> tuple[int, str]:
+    """Return the level and hint of a fork report.
+
+    Info where someone else makes the child safe; otherwise a warning, and in
+    the child an error unless FORK_POLICY "reset" already healed it.
+    """
+    if handled is HandledBy.CELERY_DJANGO_FIXUP:
+        return logging.INFO, CELERY_HINT
+    if handled is HandledBy.DJANGO_TEST_RUNNER and policy != Policy.WARN:
         return logging.INFO, TEST_RUNNER_HINT
-    if by_runner:
-        return default, TEST_RUNNER_WARN_HINT
-    return default, DEPLOY_HINT
+    hint = TEST_RUNNER_WARN_HINT if handled is HandledBy.DJANGO_TEST_RUNNER else DEPLOY_HINT
+    if in_child and policy != Policy.RESET:
+        return logging.ERROR, hint
+    return logging.WARNING, hint
+
+
+# (event, alias, opened_in) -> reports of it left out since the first, in this process.
+_repeats: dict[tuple[str, str, Optional[str]], int] = {}
+
+
+def first_time(event: Event, alias: str, opened_in: Optional[str]) -> bool:
+    """Return True the first time this process reports ``event`` for this line; count later ones."""
+    key = (event.value, alias, opened_in)
+    if key in _repeats:
+        _repeats[key] += 1
+        return False
+    _repeats[key] = 0
+    return True
+
+
+def report_repeats() -> None:
+    """Say, once at exit, how many reports were left out after the first (a respawning master)."""
+    repeated = [
+        {"event": event, "alias": alias, "opened_in": opened_in, "count": count}
+        for (event, alias, opened_in), count in _repeats.items()
+        if count
+    ]
+    _repeats.clear()
+    if repeated and events.enabled(logging.INFO):
+        events.emit(logging.INFO, Event.REPORTS_REPEATED, {"pid": process.pid, "repeats": repeated})
+
+
+def forget_repeats() -> None:
+    """Start counting afresh: in a new child, the parent's counts are the parent's."""
+    _repeats.clear()
 
 
 def fork_fields(record: records.ConnectionRecord) -> dict[str, Any]:
@@ -67,44 +109,65 @@ def report_open_at_fork(
     crossing: list[records.ConnectionRecord],
     idle_pools: list[pools.PoolInfo],
     policy: str,
-    by_runner: bool,
+    handled: Optional[HandledBy],
     stack: stacks.RawStack,
 ) -> None:
-    """In the parent, once the child exists: one event per connection that crossed the fork."""
-    level, hint = level_and_hint(policy, by_runner, logging.WARNING)
+    """In the parent, once the child exists: one event per connection that crossed, once per line."""
+    level, hint = level_and_hint(policy, handled, in_child=False)
     if not events.enabled(level):
         return
     forked_in = stacks.frame_filter().first_user_frame(stack)
-    for record in crossing:
-        fields = fork_fields(record)
-        fields.update(forked_in=forked_in, policy=policy, hint=hint)
-        events.emit(level, Event.CONNECTION_OPEN_AT_FORK, fields)
+    reports = [fork_fields(record) for record in crossing]
     for alias, _, idle in idle_pools:
-        for conn in idle:
-            fields = pools.idle_fields(alias, drivers.backend_pid(conn), process.pid)
+        reports.extend(pools.idle_fields(alias, drivers.backend_pid(conn), process.pid) for conn in idle)
+    for fields in reports:
+        if first_time(Event.CONNECTION_OPEN_AT_FORK, fields["alias"], fields["opened_in"]):
             fields.update(forked_in=forked_in, policy=policy, hint=hint)
+            if handled is not None:
+                fields["handled_by"] = handled
             events.emit(level, Event.CONNECTION_OPEN_AT_FORK, fields)
 
 
-def report_inherited(record: records.ConnectionRecord, by_runner: bool) -> None:
+def _child_fields(
+    fields: dict[str, Any], policy: str, handled: Optional[HandledBy], noticed: ForkNoticed, hint: str
+) -> dict[str, Any]:
+    fields.update(
+        parent_pid=process.parent_pid,
+        policy=policy,
+        action=ACTIONS[policy],
+        fork_noticed=noticed,
+        hint=hint,
+    )
+    if handled is not None:
+        fields["handled_by"] = handled
+    return fields
+
+
+def report_inherited(
+    record: records.ConnectionRecord, handled: Optional[HandledBy], noticed: ForkNoticed
+) -> None:
     """In the child: the connection ``record`` was inherited, and what its policy did with it."""
     policy = record.fork_policy or Policy.RESET
-    level, hint = level_and_hint(policy, by_runner, logging.ERROR)
-    if not events.enabled(level):
-        return
-    fields = fork_fields(record)
-    fields.update(parent_pid=process.parent_pid, policy=policy, action=ACTIONS[policy], hint=hint)
-    events.emit(level, Event.CONNECTION_FORK_INHERITED, fields)
+    level, hint = level_and_hint(policy, handled, in_child=True)
+    if events.enabled(level):
+        fields = _child_fields(fork_fields(record), policy, handled, noticed, hint)
+        events.emit(level, Event.CONNECTION_FORK_INHERITED, fields)
 
 
-def report_pooled(alias: str, backend_pid: Optional[int], policy: str, by_runner: bool) -> None:
+def report_pooled(
+    alias: str,
+    backend_pid: Optional[int],
+    policy: str,
+    handled: Optional[HandledBy],
+    noticed: ForkNoticed,
+) -> None:
     """In the child: an idle connection of a psycopg pool was inherited."""
-    level, hint = level_and_hint(policy, by_runner, logging.ERROR)
-    if not events.enabled(level):
-        return
-    fields = pools.idle_fields(alias, backend_pid, process.parent_pid)
-    fields.update(parent_pid=process.parent_pid, policy=policy, action=ACTIONS[policy], hint=hint)
-    events.emit(level, Event.CONNECTION_FORK_INHERITED, fields)
+    level, hint = level_and_hint(policy, handled, in_child=True)
+    if events.enabled(level):
+        fields = pools.idle_fields(alias, backend_pid, process.parent_pid)
+        events.emit(
+            level, Event.CONNECTION_FORK_INHERITED, _child_fields(fields, policy, handled, noticed, hint)
+        )
 
 
 def report_inherited_used(record: records.ConnectionRecord, policy: str) -> None:

@@ -11,6 +11,13 @@ Policies (``CONNTRACE["FORK_POLICY"]``):
   raises ``InheritedConnectionError`` (closing it first is the correct
   handling and is allowed, as Django's parallel test runner does).
 
+A child learns that it is one from Python's at-fork hook (``os.fork``,
+``multiprocessing``, gunicorn, billiard); under uWSGI, which forks from C and
+runs Python's hooks only with ``--py-call-osafterfork``, from uWSGI's own
+post-fork hook; and, whatever forked it, from the process id having changed at
+the next connect, cursor or close of a connection (``notice_untold_fork``,
+called by the wrappers before anything touches the socket).
+
 The hooks do the minimum. The child's hook takes no lock and logs nothing:
 another thread of the parent may have held a logging or structlog lock at the
 moment of fork, and in the child nobody will ever release it. It records,
@@ -28,24 +35,27 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
-import threading
-from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Optional
 
-from conntrace import conf, drivers, events, fork_reports, lifecycle, pools, process, records, stacks
+from conntrace import (
+    conf,
+    drivers,
+    events,
+    fork_handlers,
+    fork_reports,
+    lifecycle,
+    pools,
+    process,
+    records,
+    stacks,
+)
 from conntrace.exceptions import InheritedConnectionError
-from conntrace.names import Discard, Outcome, Policy
+from conntrace.names import Discard, ForkNoticed, HandledBy, Outcome, Policy
 
 FORK_STACK_DEPTH = 40
 
-_RUNNER_FILE = os.path.join("django", "test", "runner.py")
-
 _registered = False
-# Switches the use hook on (wrappers.watch_uses), handed over by register_hooks(): the
-# wrappers call into this module, so it cannot import them.
-_watch_uses: Callable[[], None] = lambda: None  # noqa: E731
 
 
 class _Fork:
@@ -56,7 +66,7 @@ class _Fork:
         self.records: list[records.ConnectionRecord] = []
         self.pools: list[pools.PoolInfo] = []
         self.policy: str = Policy.RESET
-        self.by_runner = False
+        self.handled: Optional[HandledBy] = None
         self.stack: stacks.RawStack = ()
 
     def clear(self) -> None:
@@ -64,7 +74,7 @@ class _Fork:
         self.records = []
         self.pools = []
         self.stack = ()
-        self.by_runner = False
+        self.handled = None
 
     def crossing(self) -> bool:
         return bool(self.records) or any(idle for _, _, idle in self.pools)
@@ -73,20 +83,44 @@ class _Fork:
 _fork = _Fork()
 
 
-def register_hooks(watch_uses: Callable[[], None]) -> None:
-    """Register the at-fork hooks once per process (they cannot be unregistered).
-
-    ``watch_uses`` switches the use hook on, for a child that inherited connections.
-    """
-    global _registered, _watch_uses
-    _watch_uses = watch_uses
+def register_hooks() -> None:
+    """Register the at-fork hooks once per process (they cannot be unregistered), and uWSGI's."""
+    global _registered
     if not _registered:
         os.register_at_fork(
             before=_before_fork, after_in_parent=_after_in_parent, after_in_child=_after_in_child
         )
         # A child that exits without touching the database still emits its reports.
-        atexit.register(_flush_at_exit)
+        atexit.register(_at_exit)
+        _register_uwsgi_post_fork()
         _registered = True
+
+
+def _register_uwsgi_post_fork() -> None:
+    """Inside uWSGI, be told of its forks: it forks from C and runs Python's hooks only on request.
+
+    ``uwsgidecorators`` chains hooks on the single ``uwsgi.post_fork_hook``; its
+    first import replaces that attribute, so a hook the application had set
+    there directly is put in the chain first.
+    """
+    try:
+        import uwsgi  # type: ignore[import-not-found]  # only inside uWSGI's embedded interpreter
+    except Exception:
+        return
+    try:
+        previous = getattr(uwsgi, "post_fork_hook", None)
+        import uwsgidecorators  # type: ignore[import-not-found]
+
+        if previous is not None and previous is not uwsgidecorators.postfork_chain_hook:
+            uwsgidecorators.postfork_chain.insert(0, previous)
+        uwsgidecorators.postfork(_on_uwsgi_post_fork)
+        uwsgi.post_fork_hook = uwsgidecorators.postfork_chain_hook
+    except Exception as exc:
+        events.internal_error("uwsgi_post_fork", exc)
+
+
+def _on_uwsgi_post_fork() -> None:
+    notice_untold_fork(ForkNoticed.UWSGI_POST_FORK)
 
 
 # --------------------------------------------------------------------------- hooks
@@ -102,7 +136,7 @@ def _before_fork() -> None:
         _fork.pools = pools.idle_pools()
         if _fork.crossing():
             _fork.stack = stacks.capture(FORK_STACK_DEPTH, skip=1)
-            _fork.by_runner = _forked_by_test_runner(_fork.stack)
+            _fork.handled = fork_handlers.handled_by(_fork.stack)
             for record in _fork.records:
                 record.open_at_forks += 1
         _fork.armed = True
@@ -114,84 +148,76 @@ def _after_in_parent() -> None:
     if not _fork.crossing():
         _fork.clear()
         return
-    crossing, idle_pools, policy, by_runner, stack = (
+    crossing, idle_pools, policy, handled, stack = (
         _fork.records,
         _fork.pools,
         _fork.policy,
-        _fork.by_runner,
+        _fork.handled,
         _fork.stack,
     )
     _fork.clear()
     try:
-        fork_reports.report_open_at_fork(crossing, idle_pools, policy, by_runner, stack)
+        fork_reports.report_open_at_fork(crossing, idle_pools, policy, handled, stack)
     except Exception as exc:
         events.internal_error("fork_parent", exc)
 
 
 def _after_in_child() -> None:
+    _child_started(ForkNoticed.AT_FORK_HOOK)
+
+
+def notice_untold_fork(noticed: ForkNoticed) -> None:
+    """Handle a fork nobody told this process about, noticed by its changed process id."""
+    if os.getpid() != process.pid:
+        _child_started(noticed)
+
+
+def _child_started(noticed: ForkNoticed) -> None:
+    """Apply the fork policy to every connection this new process inherited, and queue the reports.
+
+    Takes no lock and emits nothing: another thread of the parent may have held
+    a logging lock at the fork, and nobody will release it here.
+    """
     process.after_fork_in_child()
     process.pending.clear()  # the parent's unsent reports are the parent's
-    armed, policy, by_runner = _fork.armed, _fork.policy, _fork.by_runner
+    fork_reports.forget_repeats()
+    armed, policy, handled = _fork.armed, _fork.policy, _fork.handled
     _fork.clear()
     if not process.active:
         return
     try:
         if not armed:
-            # Forked without the interpreter's before-fork hook: a server embedding Python
-            # (uWSGI) that calls fork() itself, then PyOS_AfterFork_Child().
-            policy = conf.get()["FORK_POLICY"]
+            # The parent's before-fork hook did not run for this fork (uWSGI, a fork from C).
+            policy, handled = conf.get()["FORK_POLICY"], None
         # Everything open here was opened by the parent, in any of its threads.
-        inherited = records.registry.open_records()
-        if inherited:
-            _watch_uses()  # their first use here is reported (warn) or raises (raise)
-        for record in inherited:
+        for record in records.registry.open_records():
             record.inherited = True
             record.fork_policy = policy
             if policy != Policy.WARN:
                 _discard_record(record, raise_on_use=policy == Policy.RAISE)
-            process.pending.append(partial(fork_reports.report_inherited, record, by_runner))
+            process.pending.append(partial(fork_reports.report_inherited, record, handled, noticed))
         for alias, pool, idle in pools.idle_pools():
             backend_pids = [drivers.backend_pid(conn) for conn in idle]
             if policy != Policy.WARN:
                 pools.discard(alias, pool, idle)
             for backend_pid in backend_pids:
                 process.pending.append(
-                    partial(fork_reports.report_pooled, alias, backend_pid, policy, by_runner)
+                    partial(fork_reports.report_pooled, alias, backend_pid, policy, handled, noticed)
                 )
     except Exception as exc:
         process.pending.append(partial(events.internal_error, "fork_child", exc))
 
 
-def _flush_at_exit() -> None:
+def _at_exit() -> None:
     try:
         if process.active and process.pending:
             process.flush_pending()
+        fork_reports.report_repeats()
     except Exception:
         pass
 
 
 # --------------------------------------------------------------------------- what the hooks do
-
-
-def _forked_by_test_runner(stack: stacks.RawStack) -> bool:
-    """Return True if Django's test runner is forking (also when a multiprocessing thread forks for it)."""
-    if _runs_runner(stacks.codes(stack)):
-        return True
-    main = threading.main_thread()
-    if threading.current_thread() is main:
-        return False
-    # multiprocessing.Pool re-populates its workers from a handler thread: look at the main thread.
-    frame = sys._current_frames().get(main.ident or 0)
-    codes = []
-    while frame is not None and len(codes) < FORK_STACK_DEPTH:
-        codes.append(frame.f_code)
-        frame = frame.f_back
-    del frame
-    return _runs_runner(codes)
-
-
-def _runs_runner(codes: Any) -> bool:
-    return any(code.co_filename.endswith(_RUNNER_FILE) for code in codes)
 
 
 def _discard_record(record: records.ConnectionRecord, raise_on_use: bool = False) -> None:
@@ -247,12 +273,12 @@ def on_inherited_use(wrapper: Any, record: records.ConnectionRecord) -> None:
     if policy != Policy.WARN:
         _discard_record(record)
         if not seen:
-            fork_reports.report_inherited(record, False)
+            fork_reports.report_inherited(record, None, ForkNoticed.AT_USE)
         if policy == Policy.RAISE:
             raise _error(record)
         return
     # warn: report once, then let Django go on with the shared session.
     record.fork_gen = process.fork_gen
     if not seen:
-        fork_reports.report_inherited(record, False)
+        fork_reports.report_inherited(record, None, ForkNoticed.AT_USE)
     fork_reports.report_inherited_used(record, policy)

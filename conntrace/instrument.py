@@ -6,31 +6,27 @@ come back. The wrappers themselves are in ``wrappers``.
 
 from __future__ import annotations
 
+import sys
+
 from django.core.signals import request_started
 
 from conntrace import conf, forking, observers, patching, process, records, wrappers
-from conntrace.fields import context_ever_bound
 from conntrace.patching import MARK
 
-__all__ = ["MARK", "add_observer", "install", "is_installed", "remove_observer", "uninstall", "watch_uses"]
+__all__ = ["MARK", "add_observer", "install", "is_installed", "remove_observer", "uninstall"]
 
 REQUEST_STARTED_UID = "conntrace.request_started"
+TASK_PRERUN_UID = "conntrace.task_prerun"
 
 
 def add_observer(observer: observers.Observer) -> None:
     """Call ``observer`` at every open, first use in a request and close attempt (a debugger's hook)."""
     observers.add(observer)
-    wrappers.watch_uses()
 
 
 def remove_observer(observer: observers.Observer) -> None:
     """Stop calling ``observer``."""
     observers.remove(observer)
-
-
-def watch_uses() -> None:
-    """Start seeing each connection's first use in a request and after a fork (idempotent)."""
-    wrappers.watch_uses()
 
 
 def install() -> bool:
@@ -40,23 +36,29 @@ def install() -> bool:
     """
     if not conf.get()["ENABLED"]:
         return False
-    for name, make in wrappers.ALWAYS.items():
+    for name, make in wrappers.WRAPPED.items():
         patching.wrap(name, make)
     records.registry.resize(conf.get()["MAX_RECORDS"])
-    request_started.connect(wrappers.on_request_started, dispatch_uid=REQUEST_STARTED_UID)
-    forking.register_hooks(watch_uses=wrappers.watch_uses)
+    request_started.connect(wrappers.on_unit_of_work_started, dispatch_uid=REQUEST_STARTED_UID)
+    celery_signals = sys.modules.get("celery.signals")  # a Celery worker (or its app) is loaded
+    if celery_signals is not None:
+        celery_signals.task_prerun.connect(
+            wrappers.on_unit_of_work_started, weak=False, dispatch_uid=TASK_PRERUN_UID
+        )
+    forking.register_hooks()
     process.active = True
-    if process.watch_use or context_ever_bound():
-        wrappers.watch_uses()
     return True
 
 
 def uninstall() -> None:
     """Restore Django's original methods (records already made are kept)."""
     process.active = False
-    for name in (*wrappers.ALWAYS, wrappers.USE_METHOD):
+    for name in wrappers.WRAPPED:
         patching.unwrap(name)
     request_started.disconnect(dispatch_uid=REQUEST_STARTED_UID)
+    celery_signals = sys.modules.get("celery.signals")
+    if celery_signals is not None:
+        celery_signals.task_prerun.disconnect(dispatch_uid=TASK_PRERUN_UID)
 
 
 def is_installed() -> bool:

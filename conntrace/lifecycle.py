@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 import weakref
+from functools import partial
 from typing import Any, Optional
 
 from conntrace import conf, drivers, events, process, records, stacks
@@ -32,6 +33,8 @@ REF_ATTR = "_conntrace_ref"
 # Frames kept for a normal close when nothing will show them (no debug events, no panel):
 # the caller of close() and who called it. Anomalies and shown closes keep STACK_DEPTH frames.
 NORMAL_CLOSE_FRAMES = 3
+# The thread of a close attempt made by the garbage collector (an abandoned connection).
+GC_THREAD = "garbage collector"
 
 
 class _WrapperRef(weakref.ref):
@@ -106,18 +109,31 @@ def _unregister(wrapper: Any, record: records.ConnectionRecord, previous: Any) -
             wrapper_dict[RECORD_ATTR] = previous
     ref = record.wrapper_ref
     if ref is not None and ref.record is record:
-        ref.record = previous if previous is not None and previous.state == State.OPEN else None
+        ref.record = previous if previous is not None and previous.state is State.OPEN else None
 
 
 def _on_wrapper_gone(ref: _WrapperRef) -> None:
-    """Garbage-collector callback: a wrapper died, maybe holding an open connection."""
+    """Garbage-collector callback: a wrapper died, maybe holding an open connection.
+
+    It runs in whatever thread or greenlet the collector runs in, even one being
+    finalised (gevent): it reads no thread- or greenlet-local state, takes no lock
+    and emits nothing (that could take a lock this thread holds); the record
+    leaves the live registry before anything that could raise.
+    """
     _watched.pop(id(ref), None)
     record = ref.record
-    if record is None or record.state != State.OPEN:
+    if record is None or record.state is not State.OPEN:
         return
-    end_without_close(record, Outcome.ABANDONED)
-    # Emitting from inside the garbage collector could take a lock this thread holds.
-    process.pending.append(lambda: events.emit(WARNING, Event.CONNECTION_ABANDONED, anomaly_fields(record)))
+    try:
+        end_without_close(record, Outcome.ABANDONED, thread=GC_THREAD)
+        process.pending.append(partial(_report_abandoned, record))
+    except Exception as exc:
+        records.registry.ended(record)
+        process.pending.append(partial(events.internal_error, "abandoned", exc))
+
+
+def _report_abandoned(record: records.ConnectionRecord) -> None:
+    events.emit(WARNING, Event.CONNECTION_ABANDONED, anomaly_fields(record))
 
 
 def connected(
@@ -128,13 +144,13 @@ def connected(
     ``previous`` is the wrapper's record before this connect and ``before`` its
     driver connection then: a connect that left no new one made no session.
     """
-    if record.state != State.OPEN:
+    if record.state is not State.OPEN:
         return  # closed already, by a connection_created receiver
     conn = wrapper.connection
     if conn is None or conn is before:
         _unregister(wrapper, record, previous)
         return
-    if previous is not None and previous.state == State.OPEN and _held_by(previous, wrapper):
+    if previous is not None and previous.state is State.OPEN and _held_by(previous, wrapper):
         # connect() on a wrapper that was already connected drops the old session (the
         # record may also be a copied wrapper's: copy.copy() shares the attribute).
         _on_abandon_now(previous)
@@ -152,7 +168,7 @@ def _held_by(record: records.ConnectionRecord, wrapper: Any) -> bool:
 
 def _on_abandon_now(record: records.ConnectionRecord) -> None:
     end_without_close(record, Outcome.ABANDONED)
-    events.emit(WARNING, Event.CONNECTION_ABANDONED, anomaly_fields(record))
+    _report_abandoned(record)
 
 
 def _forget(record: records.ConnectionRecord) -> None:
@@ -168,19 +184,23 @@ def _end(record: records.ConnectionRecord, now: float) -> None:
 
 
 def end_without_close(
-    record: records.ConnectionRecord, outcome: Outcome, closed_by: Optional[str] = None
+    record: records.ConnectionRecord,
+    outcome: Outcome,
+    closed_by: Optional[str] = None,
+    thread: Optional[str] = None,
 ) -> None:
     """End ``record`` for a session that went away without Django closing it (abandoned, discarded)."""
-    record.add_close(
-        records.CloseAttempt(time.time(), process.pid, process.thread_name(), (), outcome, closed_by)
-    )
     _end(record, time.monotonic())
+    attempt = records.CloseAttempt(
+        time.time(), process.pid, thread or process.thread_name(), (), outcome, closed_by
+    )
+    record.add_close(attempt)
 
 
 def _report_close(
     record: records.ConnectionRecord, attempt: records.CloseAttempt, exc: Optional[BaseException]
 ) -> None:
-    if attempt.outcome == Outcome.NOOP:
+    if attempt.outcome is Outcome.NOOP:
         return
     if exc is not None:
         fields = anomaly_fields(record)
@@ -205,18 +225,18 @@ def start_close(wrapper: Any, record: records.ConnectionRecord, shown: bool) -> 
     conn = wrapper.connection
     now = time.monotonic()
     settings = conf.get()
-    if conn is None or wrapper.closed_in_transaction or record.state != State.OPEN:
+    if conn is None or wrapper.closed_in_transaction or record.state is not State.OPEN:
         outcome, closed_by = Outcome.NOOP, None
     else:
         # The socket is polled for sessions old enough for a server or pooler to have ended
         # them unseen, and for any that crossed a fork (a child may have ended it).
+        crossed_a_fork = bool(record.open_at_forks) or record.inherited
         closed_by = drivers.closed_state(
-            conn,
-            bool(record.open_at_forks) or now - record.opened_mono >= settings["SOCKET_CHECK_AFTER_S"],
+            conn, crossed_a_fork or now - record.opened_mono >= settings["SOCKET_CHECK_AFTER_S"]
         )
         if closed_by is not None:
             outcome = Outcome.ALREADY_CLOSED
-            if closed_by == ClosedBy.SERVER and record.open_at_forks:
+            if closed_by is ClosedBy.SERVER and crossed_a_fork:
                 closed_by = ClosedBy.SERVER_OR_FORKED_CHILD
         elif record.pooled:
             outcome = Outcome.RETURNED_TO_POOL
@@ -229,7 +249,7 @@ def start_close(wrapper: Any, record: records.ConnectionRecord, shown: bool) -> 
         time.time(), process.pid, process.thread_name(), stacks.capture(depth, skip=2), outcome, closed_by
     )
     record.add_close(attempt)
-    if outcome != Outcome.NOOP:
+    if outcome is not Outcome.NOOP:
         _end(record, now)
     return attempt
 
@@ -242,7 +262,7 @@ def finish_close(
 ) -> None:
     try:
         if exc is not None:
-            predicted_noop = attempt.outcome == Outcome.NOOP
+            predicted_noop = attempt.outcome is Outcome.NOOP
             attempt.outcome = Outcome.FAILED
             attempt.error_type = type(exc).__name__
             attempt.error = events.error_text(exc)

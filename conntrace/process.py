@@ -24,10 +24,6 @@ fork_gen: int = 0
 request_gen: int = 0
 # True between install() and uninstall().
 active: bool = False
-# True once a connection's first use in a request or after a fork must be seen: structlog
-# context to remember, a panel observing, or connections inherited through fork(). Until
-# then the use hook (BaseDatabaseWrapper._cursor) is not even installed.
-watch_use: bool = False
 # Reports recorded where emitting is unsafe (fork hooks, GC callbacks), emitted later.
 pending: deque[Callable[[], Any]] = deque()
 
@@ -46,8 +42,8 @@ def thread_name() -> str:
 def after_fork_in_child() -> None:
     """Refresh the cached facts in a new child process."""
     global pid, parent_pid, fork_gen
-    parent_pid = pid
     pid = os.getpid()
+    parent_pid = os.getppid()
     fork_gen += 1
 
 

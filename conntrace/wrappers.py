@@ -1,11 +1,16 @@
-"""The thin wrappers around Django's ``BaseDatabaseWrapper``, and the use hook they switch on.
+"""The thin wrappers around Django's ``BaseDatabaseWrapper``: connect, close, and the use hook.
 
-``connect`` (a session is established) and ``close`` (every close attempt and
-its outcome) are wrapped while conntrace is installed; ``_cursor`` (the first
-use of a connection in a request, and use after a fork) only once something
-needs uses seen (``watch_uses()``). Every backend that inherits them, built-in
-or third-party, is covered without per-backend code. ``ensure_connection`` is
-left alone: test runners (pytest-django) swap it themselves.
+``connect`` (a session is established), ``close`` (every close attempt and its
+outcome) and ``_cursor`` (every new cursor: the first use of a connection in a
+request or task, and use after a fork) are wrapped while conntrace is
+installed. Every backend that inherits them, built-in or third-party, is
+covered without per-backend code. ``ensure_connection`` is left alone: test
+runners (pytest-django) swap it themselves. Executing on a cursor never enters
+conntrace.
+
+Each wrapper first compares the process id with the one conntrace knows: a
+process that was forked without Python being told (uWSGI, a fork from C)
+applies the fork policy there, before its first byte goes on a shared socket.
 
 Bookkeeping runs around the original call and is fenced: a failure inside
 conntrace is reported once and the database call goes on unchanged. What the
@@ -21,32 +26,32 @@ from asyncio import _get_running_loop
 from collections.abc import Callable
 from typing import Any
 
-from conntrace import conf, events, forking, lifecycle, patching, process
-from conntrace.fields import context_ever_bound, snapshot_context
+from conntrace import conf, events, forking, lifecycle, process
+from conntrace.fields import snapshot_context
 from conntrace.lifecycle import INHERITED_ATTR, RECORD_ATTR
-from conntrace.names import Observed, Outcome, State
+from conntrace.names import ForkNoticed, Observed, Outcome, State
 from conntrace.observers import notify, observers
 
 DEBUG = logging.DEBUG
+# os.getpid() is a system call (0.15 µs here), asked once per connect, new cursor and close.
+_getpid = os.getpid
 
 
 def wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def connect(self: Any) -> Any:
         if not process.active:
             return original(self)
-        if process.watch_use and INHERITED_ATTR in self.__dict__:
+        if _getpid() != process.pid:
+            forking.notice_untold_fork(ForkNoticed.AT_CONNECT)
+        if INHERITED_ATTR in self.__dict__:
             # The first use of a connection discarded under FORK_POLICY "raise" (it reconnects).
             forking.on_discarded_use(self)
         record = previous = before = None
         debug = False
         try:
-            if process.pending:
-                process.flush_pending()
             previous = self.__dict__.get(RECORD_ATTR)
             before = self.connection
             record = lifecycle.open_record(self)
-            if not process.watch_use and context_ever_bound():
-                watch_uses()  # context to remember at each later request's first use
             debug = events.enabled(DEBUG)
         except Exception as exc:
             events.internal_error("connect", exc)
@@ -59,6 +64,8 @@ def wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
                     lifecycle.connected(self, record, previous, before, debug)
                 except Exception as exc:
                     events.internal_error("connect", exc)
+            if process.pending:
+                process.flush_pending()
 
     return connect
 
@@ -67,6 +74,8 @@ def wrap_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def close(self: Any) -> Any:
         if not process.active:
             return original(self)
+        if _getpid() != process.pid:
+            forking.notice_untold_fork(ForkNoticed.AT_CLOSE)
         if self._thread_ident != get_ident():
             # Django's own check, run first so that its error is never mistaken for a close
             # error; in the owning thread it cannot fail (and it takes a lock).
@@ -76,20 +85,17 @@ def wrap_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
             # so nothing is recorded. Asked first (+0.016 µs per close, timeit), rather than
             # recording and taking the attempt back when Django refuses.
             return original(self)
-        if process.watch_use:
-            # Closing a connection inherited under FORK_POLICY "raise" is the correct handling.
-            self.__dict__.pop(INHERITED_ATTR, None)
+        # Closing a connection inherited under FORK_POLICY "raise" is the correct handling.
+        self.__dict__.pop(INHERITED_ATTR, None)
         record = attempt = None
         report = False
         try:
-            if process.pending:
-                process.flush_pending()
             record = self.__dict__.get(RECORD_ATTR)
             if record is not None:
                 debug = events.enabled(DEBUG)
                 attempt = lifecycle.start_close(self, record, debug or bool(observers))
                 outcome = attempt.outcome
-                report = outcome != Outcome.NOOP and (outcome == Outcome.ALREADY_CLOSED or debug)
+                report = outcome is not Outcome.NOOP and (outcome is Outcome.ALREADY_CLOSED or debug)
         except Exception as exc:
             events.internal_error("close", exc)
             record = attempt = None
@@ -102,6 +108,12 @@ def wrap_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
                 raise
             lifecycle.downgrade(self, record, exc)
             return None
+        finally:
+            # Deferred reports go out only after the driver's close: code that freed the socket's
+            # descriptor under the driver (Celery's fixup os.close()s inherited ones) must not see
+            # a log file opened meanwhile take that number, which the driver would then close.
+            if process.pending:
+                process.flush_pending()
         # A normal close with debug events dropped ends here, with nothing left to do.
         if attempt is not None and (report or observers):
             lifecycle.finish_close(self, record, attempt, None)
@@ -112,49 +124,39 @@ def wrap_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 def wrap_use(original: Callable[..., Any]) -> Callable[..., Any]:
     def _cursor(self: Any, name: Any = None) -> Any:
-        if process.active and self.connection is not None:
-            record = self.__dict__.get(RECORD_ATTR)
-            # An ended record here belongs to a closed session whose wrapper reconnects next.
-            if record is not None and record.state == State.OPEN:
-                if record.fork_gen != process.fork_gen:
-                    forking.on_inherited_use(self, record)
-                elif record.context_gen != process.request_gen:
-                    try:
-                        snapshot_context(record)
-                    except Exception as exc:
-                        events.internal_error("use", exc)
-                if observers:
-                    notify(Observed.USED, self, record)
-        elif process.active and INHERITED_ATTR in self.__dict__:
-            forking.on_discarded_use(self)
+        if process.active:
+            if self.connection is not None:
+                if _getpid() != process.pid:
+                    forking.notice_untold_fork(ForkNoticed.AT_USE)
+                record = self.__dict__.get(RECORD_ATTR)
+                # An ended record here belongs to a closed session whose wrapper reconnects next.
+                if record is not None and record.state is State.OPEN:
+                    if record.fork_gen != process.fork_gen:
+                        forking.on_inherited_use(self, record)
+                    elif record.context_gen != process.request_gen:
+                        try:
+                            snapshot_context(record)
+                        except Exception as exc:
+                            events.internal_error("use", exc)
+                    if observers:
+                        notify(Observed.USED, self, record)
+            if self.connection is None and INHERITED_ATTR in self.__dict__:
+                forking.on_discarded_use(self)  # discarded under FORK_POLICY "raise"
         return original(self, name)
 
     return _cursor
 
 
-# Wrapped while installed.
-ALWAYS = {"connect": wrap_connect, "close": wrap_close}
-# The use hook: every cursor passes through BaseDatabaseWrapper._cursor. Wrapped only once
-# something needs a connection's first use seen (watch_uses()), so that until then a
-# cursor never enters conntrace.
-USE_METHOD = "_cursor"
+# BaseDatabaseWrapper method name -> the wrapper made around it while installed.
+WRAPPED = {"connect": wrap_connect, "close": wrap_close, "_cursor": wrap_use}
 
 
-def watch_uses() -> None:
-    """Start seeing each connection's first use in a request and after a fork (idempotent).
+def on_unit_of_work_started(**kwargs: Any) -> None:
+    """A request (``request_started``) or a Celery task (``task_prerun``) starts.
 
-    Called when structlog context was bound (its ``request_id`` is remembered per
-    request), when a panel observes, and in a child that inherited connections.
+    Each connection's first use in it remembers the structlog context bound
+    then (its ``request_id`` or ``task_id``), for the close that ends it.
     """
-    process.watch_use = True
-    if process.active:
-        patching.wrap(USE_METHOD, wrap_use)
-
-
-def on_request_started(**kwargs: Any) -> None:
-    """Start a new request generation: each connection's first use in it snapshots its context."""
     process.request_gen += 1
-    if not process.watch_use and context_ever_bound():
-        watch_uses()  # something was bound: remember it at each request's first use
     if process.pending:
         process.flush_pending()

@@ -12,7 +12,7 @@ import structlog
 from django.db import connections
 
 import conntrace
-from conntrace import conf, events, process, records
+from conntrace import conf, events, fork_reports, process, records
 from tests import pgserver
 
 
@@ -24,6 +24,7 @@ def conntrace_state() -> Iterator[None]:
     process.flush_pending()
     records.registry.clear()
     events.reset_internal_errors()
+    fork_reports.forget_repeats()  # each test's forks are reported afresh
     yield
     process.flush_pending()
     # A test may configure structlog; the next one starts from structlog's defaults again.

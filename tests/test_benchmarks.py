@@ -117,9 +117,9 @@ def test_execute_on_an_open_cursor_never_enters_conntrace(per_query_calls):
 
 
 @pytest.mark.drivers
-def test_a_new_cursor_never_enters_conntrace_until_uses_are_watched(per_query_calls):
-    """No call per cursor in a plain application: the use hook is not even installed."""
-    assert per_query_calls["new_cursor_per_query"] == {}
+def test_a_new_cursor_enters_conntrace_once_to_see_whether_the_process_was_forked(per_query_calls):
+    """One call per cursor, the use hook (a process id check); its queries never enter conntrace."""
+    assert per_query_calls["new_cursor_per_query"] == {USE_WRAPPER: 50}
 
 
 @pytest.mark.drivers
@@ -216,7 +216,7 @@ def test_quick_benchmark_counts_no_call_into_conntrace_on_the_per_query_workload
     """The W2 verdict rests on this count: timing cannot resolve 1 % on this machine."""
     results, stdout = quick_run
     assert results["calls"]["W2"]["calls_per_op"] == 0
-    assert results["calls"]["W2c"]["calls_per_op"] == 0
+    assert results["calls"]["W2c"]["calls_per_op"] == 1  # the use hook, once per new cursor
     [w2] = [row for row in results["verdicts"] if row["workload"] == "W2"]
     assert w2["ok"] and w2["basis"] == "0 calls into conntrace per operation (counted)"
     assert "| yes: 0 calls into conntrace per operation (counted) |" in stdout

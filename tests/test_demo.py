@@ -138,7 +138,7 @@ def test_gunicorn_workers_store_the_request_end_close_where_history_finds_it(pg,
     events = [json.loads(line) for line in out_path.read_text().splitlines() if line.startswith("{")]
     at_fork = [e for e in events if e["event"] == "connection_open_at_fork"]
     inherited = [e for e in events if e["event"] == "connection_fork_inherited"]
-    assert len(at_fork) == 2
+    assert len(at_fork) == 1  # the master reports the line once for its two workers
     assert {e["pid"] for e in at_fork} == {server.pid}
     assert all(
         e["opened_in"].startswith("shop/featured.py:") and e["opened_in"].endswith(" in _site_name")
@@ -163,9 +163,9 @@ def test_run_gunicorn_script_prints_the_fork_diagnosis(tmp_path):
     events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     at_fork = [e for e in events if e["event"] == "connection_open_at_fork"]
     inherited = [e for e in events if e["event"] == "connection_fork_inherited"]
-    assert len(at_fork) == 2  # one per worker, reported by the master
+    assert len(at_fork) == 1  # reported by the master once, for its two workers
     assert {e["level"] for e in at_fork} == {"warning"}
-    assert {e["level"] for e in inherited} == {"error"}
+    assert {e["level"] for e in inherited} == {"warning"}  # "reset" healed each worker
     master = at_fork[0]["pid"]
     assert all(e["opened_in"].startswith("shop/featured.py:") for e in at_fork + inherited)
     assert inherited and {e["opened_by_pid"] for e in inherited} == {master}

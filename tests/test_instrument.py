@@ -526,6 +526,22 @@ def test_request_id_bound_by_django_structlog_reaches_the_close_at_request_finis
     assert conntrace.history()[-1]["request_id"] == closed["request_id"]
 
 
+def test_a_celery_task_on_a_reused_connection_closes_with_its_own_task_id(captured):
+    """Celery's task_prerun starts a unit of work as request_started does: its context is remembered."""
+    import structlog
+    from celery import signals
+
+    conntrace.install()  # Celery is loaded now: conntrace listens to task_prerun
+    connection.close()
+    for task_id in ("task-1", "task-2"):  # two tasks on one persistent connection (CELERY_DB_REUSE_MAX)
+        signals.task_prerun.send(sender=None, task_id=task_id, task=None, args=(), kwargs={})
+        with structlog.contextvars.bound_contextvars(task_id=task_id):
+            open_and_query()
+    connection.close()
+    [closed] = [e for e in named(captured, "connection_closed") if e["alias"] == "default"]
+    assert closed["task_id"] == "task-2"
+
+
 def test_events_never_contain_the_password(captured):
     from tests import pgserver
 

@@ -1,4 +1,4 @@
-"""Why a record is registered before the driver's connect: ``connection_created`` receivers.
+"""A record's life at its edges: ``connection_created`` receivers, and the garbage collector's callback.
 
 Django sends ``connection_created`` from inside ``connect()``: a receiver that
 closes or uses the new connection does so before conntrace's ``connect``
@@ -7,6 +7,7 @@ wrapper returns, so the record must already hang on the wrapper then.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 
 import conntrace
-from conntrace import lifecycle
+from conntrace import lifecycle, process
 from tests.conftest import named
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "lite"])]
@@ -73,3 +74,28 @@ def test_a_connection_created_receiver_that_queries_uses_the_new_record(on_conne
     assert used[0].conn_id == live["conn_id"]
     wrapper.close()
     assert named(captured, "connection_double_close") == []
+
+
+def test_the_garbage_collectors_callback_reads_no_thread_local_state(monkeypatch, captured):
+    """gevent finalises a greenlet's locals while collecting its objects: reading them there raises.
+
+    Fault injection: the thread name (thread- or greenlet-local) cannot be read while
+    the collector runs, as in a greenlet being finalised; the abandoned wrapper is
+    still ended and reported, and nothing is left in live().
+    """
+    backend = type(connections["lite"])
+    wrapper = backend(connections["lite"].settings_dict, alias="lite-gc")
+    wrapper.ensure_connection()
+    conn_id = lifecycle.record_of(wrapper).conn_id
+
+    def finalised() -> str:
+        raise RuntimeError("greenlet is being finalized")
+
+    monkeypatch.setattr(process, "thread_name", finalised)
+    del wrapper
+    gc.collect()
+    monkeypatch.undo()
+    assert [r for r in conntrace.live() if r["conn_id"] == conn_id] == []  # also flushes the reports
+    [event] = [e for e in named(captured, "connection_abandoned") if e["conn_id"] == conn_id]
+    assert event["closes"][-1]["thread"] == "garbage collector"
+    assert named(captured, "conntrace_internal_error") == []
