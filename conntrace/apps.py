@@ -21,9 +21,19 @@ class ConntraceConfig(AppConfig):
         conf.on_reload(stacks.reset_filter)
         conf.on_reload(events.reset)
         conf.on_reload(events.forget_secrets)
+        conf.on_reload(report_settings_problems)
         conf.on_reload(_apply_enabled)
+        # Servers and workers (gunicorn, uWSGI, Celery) run no system checks: say it here.
+        report_settings_problems()
         # Runs again whenever a test suite re-populates the app registry: install() is idempotent.
         instrument.install()
+
+
+def report_settings_problems() -> None:
+    """Warn about mistakes in ``CONNTRACE`` once per process (per distinct set of mistakes)."""
+    from conntrace import checks, events
+
+    checks.report_problems(events.emit, events.redact)
 
 
 def _apply_enabled() -> None:

@@ -8,6 +8,7 @@ all read this table, so a new setting costs one row.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,17 +126,63 @@ def value_problem(key: str, value: Any) -> Optional[str]:
     return BY_KEY[key].problem(value)
 
 
-def _read() -> dict[str, Any]:
-    user = getattr(django_settings, "CONNTRACE", None) or {}
+def effective(user: Any) -> dict[str, Any]:
+    """Return the settings in effect for ``user`` (``CONNTRACE`` as written): bad values fall back."""
     merged = dict(DEFAULTS)
-    if not isinstance(user, dict):
-        return merged
-    for key, value in user.items():
-        # Invalid values fall back to the default; the system checks report them.
-        if key in BY_KEY and value_problem(key, value) is None:
-            merged[key] = value
+    if isinstance(user, dict):
+        for key, value in user.items():
+            if key in BY_KEY and value_problem(key, value) is None:
+                merged[key] = value
     merged["HIDE_MODULES"] = tuple(merged["HIDE_MODULES"])
     return merged
+
+
+# Check ids of the mistakes that are not one key's value (those are in SETTINGS).
+NOT_A_DICT = "conntrace.E001"
+UNKNOWN_KEY = "conntrace.E002"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in the ``CONNTRACE`` setting: what the system check and the run-time warning both say."""
+
+    check_id: str
+    key: Any  # as written; None when CONNTRACE itself is not a dict
+    given: Any  # the value as written
+    what: Optional[str]  # what the value is instead ("a str", "'heal'"); None for an unknown key
+    used: Any  # in effect instead: the default; an unknown key's guess's value; or all the settings
+    guess: Optional[str] = None  # an unknown key's nearest known key ("Did you mean ...")
+
+
+def closest_key(key: Any) -> Optional[str]:
+    """Return the known key that an unknown ``key`` most resembles (a typo, lower case), or None."""
+    close = difflib.get_close_matches(str(key).upper(), BY_KEY, n=1)
+    return close[0] if close else None
+
+
+def problems(user: Any) -> list[Problem]:
+    """Return every mistake in ``user``, the ``CONNTRACE`` value as written: unknown keys, then bad values."""
+    if user is None:
+        return []
+    used = effective(user)
+    if not isinstance(user, dict):
+        return [Problem(NOT_A_DICT, None, user, kind_of(user), used)]
+    found = []
+    for key, value in user.items():
+        if key not in BY_KEY:
+            guess = closest_key(key)
+            found.append(Problem(UNKNOWN_KEY, key, value, None, used[guess] if guess else None, guess))
+    for setting in SETTINGS:
+        given = user.get(setting.key)
+        what = setting.problem(given) if setting.key in user else None
+        if what is not None:
+            found.append(Problem(setting.check_id, setting.key, given, what, used[setting.key]))
+    return found
+
+
+def written() -> Any:
+    """Return the ``CONNTRACE`` setting as the project wrote it (None when it is absent)."""
+    return getattr(django_settings, "CONNTRACE", None)
 
 
 _cache: Optional[dict[str, Any]] = None
@@ -145,7 +192,8 @@ def get() -> dict[str, Any]:
     """Return the effective settings (defaults overlaid with valid user values)."""
     global _cache
     if _cache is None:
-        _cache = _read()
+        # Invalid values fall back to the default; checks.py reports them (system check, run-time warning).
+        _cache = effective(written())
     return _cache
 
 

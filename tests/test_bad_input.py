@@ -1,17 +1,21 @@
 """Bad input: every CONNTRACE key with a wrong type or value, unknown keys, hostile module names.
 
 Each mistake is a system check error with its own id, a message that names the
-value and a hint that says what to write; nothing is raised at import, at
-start-up or from a request, and the bad value falls back to its default.
+value and a hint that says what to write, and the same words at run time: one
+``conntrace_settings_invalid`` warning, for servers that run no system checks.
+Nothing is raised at import, at start-up or from a request, and the bad value
+falls back to its default.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +24,9 @@ from django.db import connection
 from django.test import RequestFactory
 
 import conntrace
-from conntrace import conf
+from conntrace import checks, conf
 from conntrace.checks import check_settings
+from tests.conftest import named
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,46 +96,86 @@ def test_every_key_has_bad_values_in_the_table():
     assert {case[0] for case in BAD_VALUES} == set(conf.DEFAULTS) == set(IDS)
 
 
+def settings_warnings(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the run-time warnings about the settings among the captured events."""
+    return named(logs, "conntrace_settings_invalid")
+
+
+def the_same_words(error: Any, **fields: Any) -> dict[str, Any]:
+    """Return the run-time warning that says what the system check ``error`` says."""
+    return {
+        "event": "conntrace_settings_invalid",
+        "log_level": "warning",
+        "check_id": error.id,
+        "problem": error.msg,
+        "hint": error.hint,
+        **fields,
+    }
+
+
 @pytest.mark.parametrize("case", BAD_VALUES, ids=label)
-def test_each_bad_value_is_one_error_that_says_what_to_write(settings, case):
+def test_each_bad_value_is_one_error_and_one_warning_that_say_what_to_write(settings, captured, case):
     key, value, what, write = case
-    settings.CONNTRACE = {key: value}
+    checks.forget_reported()
+    settings.CONNTRACE = {key: value}  # Django's setting_changed: conntrace re-reads its settings
     [error] = check_settings()
     assert error.id == IDS[key]
     assert error.msg == f"CONNTRACE[{key!r}] is {what}."
     assert error.hint == f"Write {write}; the default is {conf.DEFAULTS[key]!r}."
     assert conf.get()[key] == (tuple(conf.DEFAULTS[key]) if key == "HIDE_MODULES" else conf.DEFAULTS[key])
+    assert settings_warnings(captured) == [
+        the_same_words(error, key=key, given=repr(value), used=repr(conf.DEFAULTS[key]))
+    ]
+
+
+@pytest.mark.parametrize("setting", conf.SETTINGS, ids=lambda s: s.key)
+def test_every_key_written_with_a_valid_value_says_nothing(settings, captured, setting):
+    checks.forget_reported()
+    settings.CONNTRACE = {setting.key: setting.default}
+    assert check_settings() == []
+    assert settings_warnings(captured) == []
 
 
 @pytest.mark.parametrize(
     ("value", "what"),
     [("yes", "a str"), (["FORK_POLICY"], "a list"), (5, "an int"), (("ENABLED", True), "a tuple")],
 )
-def test_a_setting_that_is_not_a_dict_is_e001(settings, value, what):
+def test_a_setting_that_is_not_a_dict_is_e001(settings, captured, value, what):
+    checks.forget_reported()
     settings.CONNTRACE = value
     [error] = check_settings()
     assert error.id == "conntrace.E001"
     assert error.msg == f"CONNTRACE must be a dict, not {what}."
     assert error.hint.startswith("Write CONNTRACE = {")
     assert conf.get() == {**conf.DEFAULTS, "HIDE_MODULES": ()}
+    assert settings_warnings(captured) == [
+        the_same_words(error, key=None, given=repr(value), used=repr(conf.get()))
+    ]
 
 
 @pytest.mark.parametrize(
     ("key", "guess"),
     [
         ("FORK_POLICIES", "FORK_POLICY"),
+        ("fork_policy", "FORK_POLICY"),
         ("stack_depth", "STACK_DEPTH"),
         ("MAX_RECORD", "MAX_RECORDS"),
         ("COLOUR", None),
     ],
 )
-def test_an_unknown_key_is_e002_with_a_guess_and_the_known_keys(settings, key, guess):
-    settings.CONNTRACE = {key: 1}
+def test_an_unknown_key_is_e002_with_a_guess_and_the_known_keys(settings, captured, key, guess):
+    checks.forget_reported()
+    settings.CONNTRACE = {key: "warn"}
     [error] = check_settings()
     assert error.id == "conntrace.E002"
     assert error.msg == f"CONNTRACE has an unknown key {key!r}."
     assert error.hint.endswith("Remove it, or use one of: " + ", ".join(sorted(conf.DEFAULTS)) + ".")
     assert error.hint.startswith(f"Did you mean {guess!r}? ") == (guess is not None)
+    # The value in effect is the guessed key's (its default here): what the user meant to change.
+    used = repr(conf.DEFAULTS[guess]) if guess else None
+    assert settings_warnings(captured) == [
+        the_same_words(error, key=key, given="'warn'", used=used, did_you_mean=guess)
+    ]
 
 
 def test_every_mistake_at_once_is_reported_each_with_its_id(settings):
@@ -239,13 +284,43 @@ def run_with_settings(tmp_path: Any, value: Any, *args: str) -> subprocess.Compl
 ALL_MISTAKES = {"COLOUR": "red", **{case[0]: case[1] for case in BAD_VALUES}}
 
 
-@pytest.mark.parametrize("value", [ALL_MISTAKES, "not a dict"], ids=["every_key_wrong", "not_a_dict"])
-def test_a_fresh_process_starts_and_queries_with_bad_settings(tmp_path, value):
+@pytest.mark.parametrize(
+    ("value", "mistakes"),
+    [(ALL_MISTAKES, len(ALL_MISTAKES)), ("not a dict", 1)],
+    ids=["every_key_wrong", "not_a_dict"],
+)
+def test_a_fresh_process_starts_and_queries_with_bad_settings(tmp_path, value, mistakes):
     """Nothing is raised at import or start-up: the process runs its queries and is traced."""
     run = run_with_settings(tmp_path, value, "-c", START_AND_QUERY)
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
-    assert json.loads(run.stdout) == {"installed": True, "history": 1}
+    *said, result = run.stdout.splitlines()
+    assert json.loads(result) == {"installed": True, "history": 1}
+    assert len(said) == mistakes  # one warning per mistake, printed by structlog's default configuration
+    assert all("[warning  ] conntrace_settings_invalid" in line for line in said)
+
+
+SETUP_ONLY = "import django; django.setup()"  # what gunicorn, uWSGI and Celery do: no system checks
+
+
+def readme_example() -> str:
+    """Return the warning the README's "Settings" section shows, as structlog prints it."""
+    text = (Path(ROOT) / "README.md").read_text()
+    section = text[text.index("## Settings") :]
+    return re.search(r"^\[warning  \] conntrace_settings_invalid .*$", section, re.MULTILINE).group(0)
+
+
+def test_a_process_that_runs_no_system_checks_is_warned_of_a_mistaken_key(tmp_path):
+    run = run_with_settings(tmp_path, {"fork_policy": "warn"}, "-c", SETUP_ONLY)
+    assert (run.returncode, run.stderr) == (0, "")
+    [line] = run.stdout.splitlines()  # as structlog prints it when the project never configured it
+    assert "check_id=conntrace.E002" in line and "did_you_mean=FORK_POLICY" in line
+    assert line.endswith(readme_example())  # after the time stamp, word for word
+
+
+def test_a_process_with_valid_settings_starts_in_silence(tmp_path):
+    run = run_with_settings(tmp_path, {"FORK_POLICY": "warn", "STACK_DEPTH": 10}, "-c", SETUP_ONLY)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
 
 
 def test_manage_py_check_lists_every_mistake_without_a_traceback(tmp_path):

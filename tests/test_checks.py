@@ -1,12 +1,26 @@
-"""System checks for the CONNTRACE setting."""
+"""System checks for the CONNTRACE setting, and the warning that says the same at run time.
+
+Every mistake is also one ``conntrace_settings_invalid`` warning when conntrace
+is installed (gunicorn, uWSGI and Celery run no system checks); each input's
+exact words are in ``tests/test_bad_input.py``.
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
+from django.apps import apps
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
+import conntrace
+from conntrace import checks
+from conntrace.apps import report_settings_problems
 from conntrace.checks import check_settings
+from tests import pgserver
+from tests.conftest import named
 
 
 def ids(settings_value, settings) -> list[str]:
@@ -69,3 +83,73 @@ def test_manage_py_check_reports_the_error(settings):
     settings.CONNTRACE = {"FORK_POLICY": "heal"}
     with pytest.raises(SystemCheckError, match=r"conntrace.E009"):
         call_command("check")
+
+
+# --------------------------------------------------------------------------- the same words at run time
+
+
+def settings_warnings(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the run-time warnings about the settings among the captured events."""
+    return named(logs, "conntrace_settings_invalid")
+
+
+def test_each_distinct_set_of_mistakes_is_reported_once_per_process(settings, captured):
+    checks.forget_reported()
+    settings.CONNTRACE = {"fork_policy": "warn"}  # setting_changed: conntrace re-reads and reports
+    report_settings_problems()  # as at the next install: the same mistake, not said again
+    assert [w["key"] for w in settings_warnings(captured)] == ["fork_policy"]
+
+    settings.CONNTRACE = {"FORK_POLICY": "warn"}  # fixed: nothing to say
+    settings.CONNTRACE = {"fork_policy": "warn"}  # the same mistake again: already said in this process
+    assert len(settings_warnings(captured)) == 1
+
+    settings.CONNTRACE = {"fork_policy": "warn", "STACK_DEPTH": 0}  # a new set: all of it is said
+    assert [w["key"] for w in settings_warnings(captured)] == ["fork_policy", "fork_policy", "STACK_DEPTH"]
+
+
+def test_ready_warns_as_a_server_starts(settings, captured):
+    """``AppConfig.ready()`` is where gunicorn, uWSGI and Celery meet conntrace: they run no checks."""
+    settings.CONNTRACE = {"MAX_RECORDS": "500"}
+    checks.forget_reported()  # as in a fresh process
+    captured.clear()
+    apps.get_app_config("conntrace").ready()
+    [warning] = settings_warnings(captured)
+    assert (warning["check_id"], warning["given"], warning["used"]) == ("conntrace.E008", "'500'", "500")
+    assert conntrace.is_installed()
+
+
+def test_every_mistake_at_once_is_one_warning_each_in_the_words_of_its_check(settings, captured):
+    checks.forget_reported()
+    settings.CONNTRACE = {"COLOUR": "red", 7: "seven", "ENABLED": "yes", "FORK_POLICY": "heal"}
+    said = [(w["check_id"], w["problem"], w["hint"]) for w in settings_warnings(captured)]
+    assert said == [(error.id, error.msg, error.hint) for error in check_settings()]
+    assert [w["key"] for w in settings_warnings(captured)] == ["COLOUR", "7", "ENABLED", "FORK_POLICY"]
+    assert all(w["log_level"] == "warning" for w in settings_warnings(captured))
+
+
+def test_the_warning_never_shows_a_database_password(settings, captured):
+    checks.forget_reported()
+    dsn = f"postgresql://{pgserver.APP_USER}:{pgserver.APP_PASSWORD}@127.0.0.1/conntrace"
+    settings.CONNTRACE = {
+        "FORK_POLICY": dsn,
+        "DSN": f"host=127.0.0.1 password={pgserver.APP_PASSWORD}",
+        pgserver.APP_PASSWORD: True,
+    }
+    said = settings_warnings(captured)
+    assert len(said) == 3
+    assert pgserver.APP_PASSWORD not in json.dumps(said)
+    assert said[-1]["given"] == f"'postgresql://{pgserver.APP_USER}:***@127.0.0.1/conntrace'"
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise ValueError("no repr")
+
+
+def test_a_value_that_is_long_or_cannot_be_printed_is_still_reported(settings, captured):
+    checks.forget_reported()
+    settings.CONNTRACE = {"HIDE_MODULES": [None] * 1000, "COLOUR": Unprintable()}
+    colour, hide_modules = settings_warnings(captured)
+    assert colour["given"] == "<unprintable Unprintable>"
+    assert len(hide_modules["given"]) == checks.SHOWN_CHARS
+    assert hide_modules["given"].startswith("[None, None, ") and hide_modules["given"].endswith("...")
