@@ -23,9 +23,8 @@ class ConntraceConfig(AppConfig):
         conf.on_reload(events.forget_secrets)
         conf.on_reload(report_settings_problems)
         conf.on_reload(_apply_enabled)
-        # Servers and workers (gunicorn, uWSGI, Celery) run no system checks: say it here.
-        report_settings_problems()
-        # Runs again whenever a test suite re-populates the app registry: install() is idempotent.
+        # Also warns about mistakes in CONNTRACE. Runs again whenever a test suite re-populates
+        # the app registry: install() is idempotent.
         instrument.install()
 
 

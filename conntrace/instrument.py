@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 
+from django.conf import settings as django_settings
 from django.core.signals import request_started
 
-from conntrace import conf, forking, observers, patching, process, records, wrappers
+from conntrace import checks, conf, events, forking, observers, patching, process, records, wrappers
 from conntrace.patching import MARK
 
 __all__ = ["MARK", "add_observer", "install", "is_installed", "remove_observer", "uninstall"]
@@ -32,8 +33,11 @@ def remove_observer(observer: observers.Observer) -> None:
 def install() -> bool:
     """Instrument Django's database wrappers; a second call is a no-op.
 
-    Returns False when ``CONNTRACE["ENABLED"]`` is false.
+    Returns False when ``CONNTRACE["ENABLED"]`` is false. Mistakes in ``CONNTRACE`` are
+    warned about here too: servers and workers (gunicorn, uWSGI, Celery) run no system checks.
     """
+    if django_settings.configured:  # preflight installs before the project's settings exist
+        checks.report_problems(events.emit, events.redact)
     if not conf.get()["ENABLED"]:
         return False
     for name, make in wrappers.WRAPPED.items():

@@ -153,3 +153,22 @@ def test_a_value_that_is_long_or_cannot_be_printed_is_still_reported(settings, c
     assert colour["given"] == "<unprintable Unprintable>"
     assert len(hide_modules["given"]) == checks.SHOWN_CHARS
     assert hide_modules["given"].startswith("[None, None, ") and hide_modules["given"].endswith("...")
+
+
+def test_an_explicit_install_warns_once_about_mistakes_in_conntrace_settings():
+    """A script that calls conntrace.install() itself, outside INSTALLED_APPS, is told too."""
+    import subprocess
+    import sys
+
+    code = (
+        "from django.conf import settings\n"
+        "settings.configure(CONNTRACE={'fork_policy': 'warn'})\n"
+        "import conntrace\n"
+        "conntrace.install()\n"
+        "conntrace.install()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if "conntrace_settings_invalid" in line]
+    assert len(lines) == 1
+    assert "key=fork_policy" in lines[0] and "did_you_mean=FORK_POLICY" in lines[0]
