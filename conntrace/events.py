@@ -40,8 +40,12 @@ class _LevelGate:
             self.min_level = logging.WARNING
             return
         bound = self.logger.bind()
+        # A standard-library logger underneath (structlog.stdlib.LoggerFactory, as django-structlog
+        # configures it) has the last word on levels, whatever structlog's wrapper class.
+        underlying = getattr(bound, "_logger", None)
+        if isinstance(underlying, logging.Logger):
+            self.stdlib_logger = underlying
         if isinstance(bound, structlog.stdlib.BoundLogger):
-            self.stdlib_logger = bound._logger
             self.min_level = logging.NOTSET
             return
         check = getattr(bound, "is_enabled_for", None) or _filtered_level_check(bound)

@@ -160,3 +160,20 @@ def test_the_structlog_under_test_is_the_one_asked_for():
     installed = __import__("importlib.metadata").metadata.version("structlog")
     assert installed == (wanted or installed)
     assert structlog.__file__.startswith(os.environ.get("CONNTRACE_TEST_STRUCTLOG_PATH", ""))
+
+
+def test_the_standard_library_loggers_level_is_respected_whatever_structlogs_wrapper_class():
+    """django-structlog's documented configuration sets a stdlib LoggerFactory and no wrapper class."""
+    structlog.configure(
+        processors=[structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+    )
+    try:
+        events.reset()
+        logging.getLogger("conntrace").setLevel(logging.INFO)
+        assert not events.enabled(logging.DEBUG)  # no debug event is built only to be dropped
+        assert events.enabled(logging.INFO)
+    finally:
+        logging.getLogger("conntrace").setLevel(logging.NOTSET)
+        structlog.reset_defaults()
+        events.reset()
