@@ -64,3 +64,39 @@ def demo_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+def children_of(pid: int) -> set[int]:
+    """Return the ids of the live processes whose parent is ``pid`` (read from ``/proc``; Linux)."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # it ended while we looked
+        if int(fields[1]) == pid and fields[0] != "Z":
+            children.add(int(entry))
+    return children
+
+
+def stop(server: subprocess.Popen, timeout: float = 15) -> int:
+    """Send SIGTERM to ``server`` and wait for it to exit (SIGKILL after ``timeout`` s); return its code."""
+    server.terminate()
+    try:
+        return server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        return server.wait()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30, *, what: str = "the condition") -> None:
+    """Wait until ``condition()`` is true; raise ``TimeoutError`` naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: still not true after {timeout:g} s")
+        time.sleep(0.05)
