@@ -37,12 +37,17 @@ DEBUG = logging.DEBUG
 _getpid = os.getpid
 
 
+def _notice_untold_fork(at: ForkNoticed) -> None:
+    """Apply the fork policy now if this process was forked without Python being told."""
+    if _getpid() != process.pid:
+        forking.notice_untold_fork(at)
+
+
 def wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def connect(self: Any) -> Any:
         if not process.active:
             return original(self)
-        if _getpid() != process.pid:
-            forking.notice_untold_fork(ForkNoticed.AT_CONNECT)
+        _notice_untold_fork(ForkNoticed.AT_CONNECT)
         if INHERITED_ATTR in self.__dict__:
             # The first use of a connection discarded under FORK_POLICY "raise" (it reconnects).
             forking.on_discarded_use(self)
@@ -74,8 +79,7 @@ def wrap_close(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def close(self: Any) -> Any:
         if not process.active:
             return original(self)
-        if _getpid() != process.pid:
-            forking.notice_untold_fork(ForkNoticed.AT_CLOSE)
+        _notice_untold_fork(ForkNoticed.AT_CLOSE)
         if self._thread_ident != get_ident():
             # Django's own check, run first so that its error is never mistaken for a close
             # error; in the owning thread it cannot fail (and it takes a lock).

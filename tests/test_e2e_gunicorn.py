@@ -10,18 +10,13 @@ with ``FORK_POLICY="warn"``, requests fail; with ``"reset"`` none does.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +24,10 @@ import pytest
 
 from tests import pgserver
 from tests.conftest import named
+from tests.e2e import client
 from tests.e2e import db as e2e_db
 from tests.pgbouncer import PgBouncer
-from tests.support import free_port, wait_listening
+from tests.support import free_port, stop, wait_listening
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -40,7 +36,7 @@ WORKERS = 4
 REQUESTS = 400
 CONCURRENCY = 16
 LOAD_DEADLINE_S = 40
-IMPORT_TIME_LINE = "tests/e2e/branding/site.py:9 in <module>"
+IMPORT_TIME_LINE = client.IMPORT_TIME_LINE
 SERVER_ERROR = re.compile(r"Traceback|\[ERROR\]|Internal Server Error|WORKER TIMEOUT")
 
 
@@ -71,25 +67,6 @@ class Run:
         )
 
 
-def request(port: int, deadline: float, index: int) -> str:
-    """Send one request; return ``ok``, ``wrong_body``, ``status_<n>``, ``error_<type>`` or ``not_sent``."""
-    if time.monotonic() > deadline:
-        return "not_sent"
-    token = f"r{index}-{uuid.uuid4().hex[:12]}"
-    client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        client.request("GET", f"/echo/{token}/")
-        response = client.getresponse()
-        body = response.read().decode(errors="replace")
-    except Exception as exc:
-        return f"error_{type(exc).__name__}"
-    finally:
-        client.close()
-    if response.status != 200:
-        return f"status_{response.status}"
-    return "ok" if body == token else "wrong_body"
-
-
 def serve_and_load(
     bouncer: PgBouncer, tmp_path: Path, installed: bool, policy: str, config: str | None = None
 ) -> Run:
@@ -118,16 +95,9 @@ def serve_and_load(
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_listening(port, server, name="gunicorn")
-            deadline = time.monotonic() + LOAD_DEADLINE_S
-            with ThreadPoolExecutor(CONCURRENCY) as pool:
-                outcomes = Counter(pool.map(lambda i: request(port, deadline, i), range(REQUESTS)))
+            outcomes = client.load(port, REQUESTS, CONCURRENCY, LOAD_DEADLINE_S)
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop(server)
     events = [json.loads(line) for line in event_log.read_text().splitlines()] if event_log.exists() else []
     return Run(outcomes, server_log.read_text(errors="replace"), events)
 

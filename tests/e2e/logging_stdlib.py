@@ -1,7 +1,8 @@
 """A project logging as the README's "Logging set-up" says, with structlog and the standard library.
 
 Below the project's own settings is the README's first block, character for
-character (``tests/test_logging_setup.py`` checks it).
+character (``tests/test_logging_setup.py`` checks it). Its processor list repeats
+``logging_django_structlog.py``'s on purpose: each README block is complete on its own.
 """
 
 # The README's block, import included, comes after the project's own settings.
