@@ -6,6 +6,11 @@ locals, and one object per stack rather than one per frame (every record's
 stacks are freed when it leaves the bounded history). Line numbers, file
 names and the "is this the user's code?" decision are resolved later, when a
 stack is shown or an event is emitted, and cached by file name.
+
+In a thread that runs functions for asgiref's ``sync_to_async`` (the async
+ORM's executor threads), the coroutines awaiting the call are spliced in after
+asgiref's handler frame: the application's ``await`` line is there, not in the
+thread (``conntrace.tasks``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import CodeType, FrameType
 from typing import Optional
 
+from conntrace import conf, events, tasks
+
 RawFrame = tuple[CodeType, int]
 # Flat: code, offset, code, offset... (see frames()).
 RawStack = tuple[CodeType | int, ...]
@@ -28,6 +35,7 @@ DEFAULT_HIDDEN_MODULES = (
     "django",
     "debug_toolbar",
     "asgiref",
+    # Servers and workers: WSGI, ASGI, uWSGI (pyuwsgi), Celery, green threads.
     "gunicorn",
     "uvicorn",
     "daphne",
@@ -35,6 +43,18 @@ DEFAULT_HIDDEN_MODULES = (
     "waitress",
     "werkzeug",
     "channels",
+    "pyuwsgi",
+    "uwsgi",
+    "uwsgidecorators",
+    "celery",
+    "billiard",
+    "kombu",
+    "vine",
+    "amqp",
+    "gevent",
+    "greenlet",
+    "psycogreen",
+    "runpy",
     "psycopg",
     "psycopg2",
     "psycopg_pool",
@@ -58,6 +78,9 @@ MAX_CACHED_FRAMES = 16384
 
 # When no frame is the user's, how many of the framework's frames stand in for them.
 FALLBACK_FRAMES = 8
+# What ``first_user_frame`` says when no frame is the application's (a server forking, Django
+# closing at request end): naming a launcher or a server's file would send the reader there.
+NO_APPLICATION_FRAME = "no application frame"
 _SITE = os.sep + "site-packages" + os.sep
 
 _ASYNC_UNSAFE = os.path.join("django", "utils", "asyncio.py")
@@ -66,9 +89,16 @@ _ASYNC_UNSAFE = os.path.join("django", "utils", "asyncio.py")
 def capture(depth: int, skip: int = 1, getframe: Callable[[int], FrameType] = sys._getframe) -> RawStack:
     """Return up to ``depth`` raw frames of the caller's stack, innermost first, flat.
 
-    ``skip`` counts frames above this function's caller to leave out.
+    ``skip`` counts frames above this function's caller to leave out. In a
+    thread that runs ``sync_to_async`` calls, up to ``depth`` frames of the
+    awaiting coroutines follow asgiref's handler frame.
     """
     frame: Optional[FrameType] = getframe(skip + 1)
+    if tasks.ran_sync_to_async():
+        try:
+            return _capture_across_await(frame, depth)
+        finally:
+            del frame
     out: list[CodeType | int] = []
     append = out.append
     while frame is not None and depth:
@@ -78,6 +108,34 @@ def capture(depth: int, skip: int = 1, getframe: Callable[[int], FrameType] = sy
         depth -= 1
     del frame
     return tuple(out)
+
+
+def _capture_across_await(frame: Optional[FrameType], depth: int) -> RawStack:
+    """Capture a worker thread's stack with the awaiting coroutines after asgiref's handler frame.
+
+    The handler may lie deeper than ``depth``: the walk goes on, keeping
+    nothing, until it is found, and the coroutines then follow the kept frames.
+    """
+    out: list[CodeType | int] = []
+    awaiting: list[CodeType | int] = []
+    splice_at = -1
+    kept = 0
+    while frame is not None and (kept < depth or splice_at < 0):
+        code = frame.f_code
+        if kept < depth:
+            out += (code, frame.f_lasti)
+            kept += 1
+        if splice_at < 0 and code is tasks.HANDLER_CODE:
+            splice_at = len(out)
+            try:
+                awaiting = tasks.awaiting_frames(frame, depth)
+            except Exception as exc:
+                events.internal_error("await_frames", exc)  # the thread's own frames are still kept
+        frame = frame.f_back
+    del frame
+    if not awaiting:
+        return tuple(out)
+    return (*out[:splice_at], *awaiting, *out[splice_at:])
 
 
 def frames(stack: RawStack) -> Iterator[RawFrame]:
@@ -105,6 +163,28 @@ def _stdlib_prefixes() -> tuple[str, ...]:
     return tuple(os.path.join(p, "") for p in paths if p)
 
 
+def _launcher_dirs() -> frozenset[str]:
+    """Return the directories whose ``<module>`` frames are console-script launchers (``bin/gunicorn``).
+
+    The interpreter's scripts directory and its executable's, and the directory
+    of ``sys.argv[0]`` when that is an entry point run from elsewhere (pipx's
+    ``~/.local/bin``, ``/usr/local/bin``).
+    """
+    dirs = {sysconfig.get_path("scripts"), os.path.dirname(sys.executable or ""), _entry_point_dir()}
+    dirs.discard("")
+    return frozenset({os.path.abspath(d) for d in dirs} | {os.path.realpath(d) for d in dirs})
+
+
+def _entry_point_dir() -> str:
+    """Return the directory of ``sys.argv[0]`` if it is a launcher: no ``.py``, in ``bin`` or ``Scripts``."""
+    argv = getattr(sys, "argv", None) or [""]
+    path = os.path.abspath(argv[0]) if argv[0] and not argv[0].startswith("-") else ""
+    directory = os.path.dirname(path)
+    if not os.path.isfile(path) or path.endswith((".py", ".pyw")):
+        return ""
+    return directory if os.path.basename(directory) in ("bin", "Scripts") else ""
+
+
 def _module_prefixes(modules: Iterable[str]) -> tuple[str, ...]:
     prefixes = []
     for name in modules:
@@ -130,7 +210,9 @@ class FrameFilter:
         self.stdlib_prefixes = _stdlib_prefixes()
         self._plumbing = _module_prefixes(("conntrace", "django.db.backends", "django.db.utils"))
         self._django = _module_prefixes(("django",))
+        self.launcher_dirs = _launcher_dirs()
         self._hidden_by_file: dict[str, bool] = {}
+        self._launcher_by_file: dict[str, bool] = {}
         self._short_by_file: dict[str, str] = {}
         self._text_by_frame: dict[tuple[str, str, int, int], str] = {}
         try:
@@ -147,6 +229,24 @@ class FrameFilter:
                 self._hidden_by_file.clear()  # generated code can have a new file name per call
             self._hidden_by_file[filename] = hidden
         return hidden
+
+    def hides(self, code: CodeType) -> bool:
+        """Return True if frames of ``code`` are not the user's: a hidden file, a launcher's ``<module>``."""
+        if self.is_hidden(code.co_filename):
+            return True
+        return code.co_name == "<module>" and self.is_launcher(code.co_filename)
+
+    def is_launcher(self, filename: str) -> bool:
+        """Return True if ``filename`` lies in a directory of console-script launchers."""
+        launcher = self._launcher_by_file.get(filename)
+        if launcher is None:
+            launcher = not filename.startswith("<") and not self.launcher_dirs.isdisjoint(
+                (os.path.dirname(os.path.abspath(filename)), os.path.dirname(os.path.realpath(filename)))
+            )
+            if len(self._launcher_by_file) >= MAX_CACHED_FILES:
+                self._launcher_by_file.clear()
+            self._launcher_by_file[filename] = launcher
+        return launcher
 
     def _compute_hidden(self, filename: str) -> bool:
         if filename.startswith("<frozen"):
@@ -204,7 +304,7 @@ class FrameFilter:
         When none is the user's (Django opened the connection for itself), the
         frames outside Django's database layer, so the stack still says who.
         """
-        visible = [self.format_frame(raw) for raw in frames(stack) if not self.is_hidden(raw[0].co_filename)]
+        visible = [self.format_frame(raw) for raw in frames(stack) if not self.hides(raw[0])]
         if visible:
             return visible
         outside = [raw for raw in frames(stack) if not self._is_plumbing(raw[0].co_filename)]
@@ -221,16 +321,19 @@ class FrameFilter:
     def first_user_frame(self, stack: RawStack) -> Optional[str]:
         """Return the innermost frame that is the user's own code, formatted.
 
-        Falls back to the innermost frame outside conntrace and Django's
-        connection plumbing when every frame is hidden.
+        When every frame is hidden, say so, with the innermost frame outside
+        conntrace and Django's connection plumbing in parentheses for whoever
+        debugs it; None for an empty stack (nothing was captured).
         """
         for raw in frames(stack):
-            if not self.is_hidden(raw[0].co_filename):
+            if not self.hides(raw[0]):
                 return self.format_frame(raw)
+        if not stack:
+            return None
         for raw in frames(stack):
             if not self._is_plumbing(raw[0].co_filename):
-                return self.format_frame(raw)
-        return None
+                return f"{NO_APPLICATION_FRAME} (innermost: {self.format_frame(raw)})"
+        return NO_APPLICATION_FRAME
 
 
 _filter: Optional[FrameFilter] = None
@@ -240,8 +343,6 @@ def frame_filter() -> FrameFilter:
     """Return the process-wide filter, built from the current settings on first use."""
     global _filter
     if _filter is None:
-        from conntrace import conf
-
         _filter = FrameFilter(conf.get()["HIDE_MODULES"])
     return _filter
 
