@@ -282,7 +282,7 @@ def downgrade(wrapper: Any, record: Optional[records.ConnectionRecord], exc: Bas
     where = ""
     if record is not None:
         try:
-            where = f" (opened in {record.opened_in()})"
+            where = f" (opened {stacks.in_place(record.opened_in())})"
         except Exception:
             pass
     warnings.warn(

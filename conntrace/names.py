@@ -144,6 +144,12 @@ class AtRequestEnd(Name):
     KEPT = "kept"
 
 
+class Placeholder(Name):
+    """What a field says when what it names does not exist."""
+
+    NO_APPLICATION_FRAME = "no application frame"  # opened_in / closed_in / forked_in: all hidden
+
+
 VOCABULARY: tuple[type[Name], ...] = (
     State,
     Outcome,
@@ -157,4 +163,5 @@ VOCABULARY: tuple[type[Name], ...] = (
     Origin,
     RequestEnd,
     AtRequestEnd,
+    Placeholder,
 )

@@ -12,9 +12,10 @@ from typing import Any, Optional
 
 from conntrace import conf, drivers, process, records
 from conntrace import panel_tracking as tracking
-from conntrace.names import WARNING_OUTCOMES, AtRequestEnd, Origin, Outcome, RequestEnd, State
+from conntrace.names import WARNING_OUTCOMES, AtRequestEnd, Origin, Outcome, Placeholder, RequestEnd, State
 
 STATS_VERSION = 1
+NO_APPLICATION_FRAME = Placeholder.NO_APPLICATION_FRAME.value
 
 
 def build_stats(session: Optional[tracking.Session], request_end: Optional[str] = None) -> dict[str, Any]:
@@ -63,8 +64,8 @@ def _connection_entry(
     data = record.as_dict()
     for index, close in enumerate(data["closes"]):
         close["by_django"] = _django_closer(close["stack_full"])
-        if close["by_django"] and "close_old_connections" in close["by_django"]:
-            close["closed_in"] = None  # every frame is Django's or the server's: no line of the user's
+        if close["by_django"] and (close["closed_in"] or "").startswith(NO_APPLICATION_FRAME):
+            close["closed_in"] = None  # every frame is Django's or the server's: "by Django's ..." says it
         if index < touch.closes_before:
             close["when"] = "before this request"
         elif touch.closes_at_stats is not None and index >= touch.closes_at_stats:

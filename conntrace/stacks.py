@@ -24,6 +24,7 @@ from types import CodeType, FrameType
 from typing import Optional
 
 from conntrace import conf, events, tasks
+from conntrace.names import Placeholder
 
 RawFrame = tuple[CodeType, int]
 # Flat: code, offset, code, offset... (see frames()).
@@ -80,7 +81,7 @@ MAX_CACHED_FRAMES = 16384
 FALLBACK_FRAMES = 8
 # What ``first_user_frame`` says when no frame is the application's (a server forking, Django
 # closing at request end): naming a launcher or a server's file would send the reader there.
-NO_APPLICATION_FRAME = "no application frame"
+NO_APPLICATION_FRAME = Placeholder.NO_APPLICATION_FRAME.value
 _SITE = os.sep + "site-packages" + os.sep
 
 _ASYNC_UNSAFE = os.path.join("django", "utils", "asyncio.py")
@@ -185,21 +186,42 @@ def _entry_point_dir() -> str:
     return directory if os.path.basename(directory) in ("bin", "Scripts") else ""
 
 
-def _module_prefixes(modules: Iterable[str]) -> tuple[str, ...]:
-    prefixes = []
-    for name in modules:
+def module_locations(name: str) -> tuple[str, ...]:
+    """Return where module ``name`` lives: its package directories, or its file; () if not found.
+
+    An imported module is asked directly: some replace themselves in ``sys.modules``
+    with an object that has no ``__spec__`` (kombu), and ``find_spec`` then raises.
+    """
+    module = sys.modules.get(name)
+    if module is not None:
+        paths = list(getattr(module, "__path__", None) or ())
+        origin = getattr(module, "__file__", None)
+    else:
         try:
             spec = importlib.util.find_spec(name)
         except Exception:
             # Also a parent package that raises at import: a bad HIDE_MODULES entry hides nothing.
-            continue
+            return ()
         if spec is None:
-            continue
-        if spec.submodule_search_locations:
-            prefixes.extend(os.path.join(p, "") for p in spec.submodule_search_locations)
-        elif spec.origin and os.path.isabs(spec.origin):
-            prefixes.append(spec.origin)
-    return tuple(prefixes)
+            return ()
+        paths = list(spec.submodule_search_locations or ())
+        origin = spec.origin
+    if paths:
+        return tuple(os.path.join(path, "") for path in paths)
+    if isinstance(origin, str) and os.path.isabs(origin):
+        return (origin,)
+    return ()
+
+
+def _module_prefixes(modules: Iterable[str]) -> tuple[str, ...]:
+    return tuple(prefix for name in modules for prefix in module_locations(name))
+
+
+def in_place(place: Optional[str]) -> str:
+    """Return "in path:line in func" for a message, or "with no application frame (...)"."""
+    if place is None or place.startswith(NO_APPLICATION_FRAME):
+        return f"with {place or NO_APPLICATION_FRAME}"
+    return f"in {place}"
 
 
 class FrameFilter:

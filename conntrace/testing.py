@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from conntrace import install, process, records
+from conntrace import install, process, records, stacks
 from conntrace.names import CLEAN_OUTCOMES
 
 
@@ -59,5 +59,5 @@ def assert_no_open_connections(tracked: TrackedConnections) -> None:
     """Fail with the opening lines if a connection opened in the block is still open."""
     left = tracked.left_open()
     if left:
-        lines = ", ".join(f"{r['alias']} opened in {r['opened_in']}" for r in left)
+        lines = ", ".join(f"{r['alias']} opened {stacks.in_place(r['opened_in'])}" for r in left)
         raise AssertionError(f"{len(left)} connection(s) left open: {lines}")

@@ -9,11 +9,9 @@ rendered as JSON lines at debug level, must still name the view's line.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -27,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import named
+from tests.e2e import client
 from tests.e2e import db as e2e_db
-from tests.support import free_port, wait_listening
+from tests.support import free_port, stop, wait_listening
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -54,17 +53,12 @@ def request(port: int, deadline: float, index: int) -> str:
         return "not_sent"
     token = f"t{index}-{uuid.uuid4().hex[:12]}"
     kind, path = ("count", "/async/count/") if index % 2 == 0 else ("create", f"/async/create/{token}/")
-    client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        client.request("GET", path)
-        response = client.getresponse()
-        body = response.read().decode(errors="replace")
-    except Exception as exc:
-        return f"error_{type(exc).__name__}"
-    finally:
-        client.close()
-    if response.status != 200:
-        return f"status_{response.status}"
+    answer = client.get(port, path)
+    if isinstance(answer, str):
+        return answer
+    status, body = answer
+    if status != 200:
+        return f"status_{status}"
     expected = body.isdigit() if kind == "count" else body == token
     return kind if expected else f"wrong_body_{kind}"
 
@@ -83,12 +77,7 @@ def serving(env: dict[str, str], server_log: Path) -> Iterator[int]:
             wait_listening(port, server, name="uvicorn", output=server_log.read_text)
             yield port
         finally:
-            server.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop(server)  # SIGTERM: uvicorn's graceful shutdown
 
 
 def test_every_connection_opened_by_an_async_view_names_the_views_await_line(tmp_path):

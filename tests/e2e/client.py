@@ -30,18 +30,23 @@ def echo(port: int, index: int, deadline: float) -> str:
     if time.monotonic() > deadline:
         return NOT_SENT
     token = f"r{index}-{uuid.uuid4().hex[:12]}"
+    answer = get(port, f"/echo/{token}/")
+    if isinstance(answer, str):
+        return answer
+    return OK if answer == (200, token) else (WRONG_BODY if answer[0] == 200 else f"status_{answer[0]}")
+
+
+def get(port: int, path: str) -> tuple[int, str] | str:
+    """GET ``path`` on the loopback server; return (status, body), or ``error_<type>`` if it failed."""
     client = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        client.request("GET", f"/echo/{token}/")
+        client.request("GET", path)
         response = client.getresponse()
-        body = response.read().decode(errors="replace")
+        return response.status, response.read().decode(errors="replace")
     except Exception as exc:
         return f"error_{type(exc).__name__}"
     finally:
         client.close()
-    if response.status != 200:
-        return f"status_{response.status}"
-    return OK if body == token else WRONG_BODY
 
 
 def load(port: int, requests: int, concurrency: int, within_s: float = 40) -> Counter[str]:
