@@ -5,6 +5,7 @@ Standard library only: ``tests/pgserver.py`` imports it while Django reads ``tes
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
@@ -64,6 +65,26 @@ def demo_env(**extra: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+def http_get(port: int, path: str, timeout: float = 10, host: str = "127.0.0.1") -> tuple[int, str]:
+    """Send one GET on a new connection; return the status and the body (undecodable bytes replaced)."""
+    client = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        client.request("GET", path)
+        response = client.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        client.close()
+
+
+def source_line(path: str, text: str, function: str) -> str:
+    """Return ``"path:line in function"``, as conntrace's ``opened_in``, for the first line with ``text``.
+
+    ``path`` is from the repository root.
+    """
+    lines = (REPO / path).read_text().splitlines()
+    return f"{path}:{next(number for number, line in enumerate(lines, 1) if text in line)} in {function}"
 
 
 def children_of(pid: int) -> set[int]:
