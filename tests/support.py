@@ -121,3 +121,13 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30, *, what: str = 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: still not true after {timeout:g} s")
         time.sleep(0.05)
+
+
+def server_env(settings: str, **extra: str) -> dict[str, str]:
+    """Return the environment of a server under test: Django's ``settings``, the repository, ``extra``.
+
+    The servers' own variables (GUNICORN_*, UWSGI_*) of this process are left out.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN", "UWSGI"))}
+    env.update(DJANGO_SETTINGS_MODULE=settings, PYTHONPATH=str(REPO), **extra)
+    return env

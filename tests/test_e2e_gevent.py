@@ -19,7 +19,6 @@ past ``max_connections = 300``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -33,7 +32,7 @@ from tests import pgserver
 from tests.conftest import named
 from tests.e2e import client
 from tests.e2e import db as e2e_db
-from tests.support import free_port, http_get, source_line, stop, wait_listening
+from tests.support import free_port, http_get, server_env, source_line, stop, wait_listening
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -86,10 +85,8 @@ def serve_and_load(tmp_path: Path) -> Run:
     event_log = tmp_path / "events.jsonl"
     server_log = tmp_path / "gunicorn.log"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN")}
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.e2e.geventapp.settings",
-        PYTHONPATH=str(ROOT),
+    env = server_env(
+        "tests.e2e.geventapp.settings",
         CONNTRACE_E2E_DBNAME=DATABASE,
         CONNTRACE_E2E_LOG=str(event_log),
     )

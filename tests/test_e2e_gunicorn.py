@@ -11,7 +11,6 @@ with ``FORK_POLICY="warn"``, requests fail; with ``"reset"`` none does.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from tests.conftest import named
 from tests.e2e import client
 from tests.e2e import db as e2e_db
 from tests.pgbouncer import PgBouncer
-from tests.support import free_port, stop, wait_listening
+from tests.support import free_port, server_env, stop, wait_listening
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -75,10 +74,8 @@ def serve_and_load(
     event_log = tmp_path / f"events-{label}.jsonl"
     server_log = tmp_path / f"gunicorn-{label}.log"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN")}
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.e2e.settings",
-        PYTHONPATH=str(ROOT),
+    env = server_env(
+        "tests.e2e.settings",
         CONNTRACE_E2E_DBHOST=bouncer.host,
         CONNTRACE_E2E_DBPORT=str(bouncer.port),
         CONNTRACE_E2E_INSTALLED="1" if installed else "0",

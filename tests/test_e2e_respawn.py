@@ -26,7 +26,7 @@ import pytest
 from tests import pgserver
 from tests.e2e import client
 from tests.e2e import db as e2e_db
-from tests.support import children_of, free_port, stop, wait_for, wait_listening
+from tests.support import children_of, free_port, server_env, stop, wait_for, wait_listening
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -55,10 +55,8 @@ def test_respawned_workers_are_reported_once_each_and_the_master_once_in_all(tmp
     access_log = tmp_path / "access.log"
     server_log = tmp_path / "gunicorn.log"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN")}
-    env.update(
-        DJANGO_SETTINGS_MODULE="tests.e2e.prefork_settings",
-        PYTHONPATH=str(ROOT),
+    env = server_env(
+        "tests.e2e.prefork_settings",
         CONNTRACE_E2E_FORK_POLICY="reset",
         CONNTRACE_E2E_LOG=str(events_path),
     )

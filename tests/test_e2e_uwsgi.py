@@ -13,7 +13,6 @@ silent; ``py-call-osafterfork`` runs Python's at-fork hook in the workers.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import pytest
 from tests import pgserver
 from tests.e2e import client
 from tests.e2e import db as e2e_db
-from tests.support import free_port, stop, wait_listening
+from tests.support import free_port, server_env, stop, wait_listening
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -72,14 +71,12 @@ def serve_and_load(tmp_path: Path, label: str, *options: str, installed: bool = 
     events_path = tmp_path / f"events-{label}.jsonl"
     log_path = tmp_path / f"uwsgi-{label}.log"
     port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("UWSGI")},
-        "DJANGO_SETTINGS_MODULE": "tests.e2e.prefork_settings",
-        "PYTHONPATH": str(ROOT),
-        "CONNTRACE_E2E_INSTALLED": "1" if installed else "0",
-        "CONNTRACE_E2E_FORK_POLICY": "reset",
-        "CONNTRACE_E2E_LOG": str(events_path),
-    }
+    env = server_env(
+        "tests.e2e.prefork_settings",
+        CONNTRACE_E2E_INSTALLED="1" if installed else "0",
+        CONNTRACE_E2E_FORK_POLICY="reset",
+        CONNTRACE_E2E_LOG=str(events_path),
+    )
     command = [
         str(UWSGI), "--strict", "--master", "--processes", str(WORKERS),
         "--http-socket", f"127.0.0.1:{port}", "--module", "tests.e2e.wsgi:application",
