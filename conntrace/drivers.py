@@ -165,3 +165,28 @@ def discard(conn: Any) -> Discard:
     except Exception:
         pass
     return Discard.SOCKET_DETACHED if fd is not None else Discard.KEPT_UNCLOSED
+
+
+def sqlstate(exc: BaseException) -> Optional[str]:
+    """Return the SQLSTATE the server sent with ``exc`` (psycopg 3 ``sqlstate``, psycopg2 ``pgcode``)."""
+    for cause in (exc, exc.__cause__):
+        if cause is None:
+            continue
+        code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(code, str) and code:
+            return code
+    return None
+
+
+def server_message(conn: Any) -> str:
+    """Return the driver's last error message from the server, read locally (nothing is sent).
+
+    psycopg2 reports a session the server ended as "server closed the connection
+    unexpectedly" only; libpq's own message still holds the server's FATAL line.
+    """
+    if family(conn) != "psycopg2":
+        return ""
+    try:
+        return conn.info.error_message or ""
+    except Exception:
+        return ""

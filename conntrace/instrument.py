@@ -11,7 +11,20 @@ import sys
 from django.conf import settings as django_settings
 from django.core.signals import request_started
 
-from conntrace import checks, conf, events, forking, observers, patching, process, records, wrappers
+from conntrace import (
+    checks,
+    conf,
+    direct_closes,
+    events,
+    forking,
+    losses,
+    observers,
+    patching,
+    process,
+    records,
+    transactions,
+    wrappers,
+)
 from conntrace.patching import MARK
 
 __all__ = ["MARK", "add_observer", "install", "is_installed", "remove_observer", "uninstall"]
@@ -42,6 +55,9 @@ def install() -> bool:
         return False
     for name, make in wrappers.WRAPPED.items():
         patching.wrap(name, make)
+    losses.install()
+    transactions.install()
+    direct_closes.install()
     records.registry.resize(conf.get()["MAX_RECORDS"])
     request_started.connect(wrappers.on_unit_of_work_started, dispatch_uid=REQUEST_STARTED_UID)
     celery_signals = sys.modules.get("celery.signals")  # a Celery worker (or its app) is loaded
@@ -59,6 +75,9 @@ def uninstall() -> None:
     process.active = False
     for name in wrappers.WRAPPED:
         patching.unwrap(name)
+    losses.uninstall()
+    transactions.uninstall()
+    direct_closes.uninstall()
     request_started.disconnect(dispatch_uid=REQUEST_STARTED_UID)
     celery_signals = sys.modules.get("celery.signals")
     if celery_signals is not None:

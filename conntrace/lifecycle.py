@@ -17,7 +17,7 @@ import weakref
 from functools import partial
 from typing import Any, Optional
 
-from conntrace import conf, drivers, events, process, records, stacks
+from conntrace import conf, direct_closes, drivers, events, process, records, stacks
 from conntrace.exceptions import CloseErrorWarning
 from conntrace.fields import anomaly_fields, base_fields, context_ever_bound, snapshot_context
 from conntrace.names import NORMAL_OUTCOMES, ClosedBy, Event, Observed, Outcome, State
@@ -27,6 +27,7 @@ RECORD_ATTR = "_conntrace_record"
 # Set by the fork hook (policy "raise") on a wrapper whose inherited connection it discarded.
 INHERITED_ATTR = "_conntrace_inherited"
 DEBUG = logging.DEBUG
+INFO = logging.INFO
 WARNING = logging.WARNING
 
 REF_ATTR = "_conntrace_ref"
@@ -209,7 +210,14 @@ def _report_close(
     elif attempt.outcome == Outcome.ALREADY_CLOSED:
         fields = anomaly_fields(record)
         fields["closed_by"] = attempt.closed_by
-        events.emit(WARNING, Event.CONNECTION_DOUBLE_CLOSE, fields)
+        if attempt.direct_close:
+            fields.update(attempt.direct_close)
+        if record.lost is not None:
+            # connection_lost already warned about this session: its close is the expected end.
+            fields["cause"] = record.lost
+            events.emit(INFO, Event.CONNECTION_DOUBLE_CLOSE, fields)
+        else:
+            events.emit(WARNING, Event.CONNECTION_DOUBLE_CLOSE, fields)
     elif events.enabled(DEBUG):
         fields = base_fields(record)
         fields.update(outcome=attempt.outcome, age_s=record.age_s(), close_count=record.close_count)
@@ -248,10 +256,25 @@ def start_close(wrapper: Any, record: records.ConnectionRecord, shown: bool) -> 
     attempt = records.CloseAttempt(
         time.time(), process.pid, process.thread_name(), stacks.capture(depth, skip=2), outcome, closed_by
     )
+    if closed_by is ClosedBy.APPLICATION:
+        _describe_direct_close(conn, record, attempt)
     record.add_close(attempt)
     if outcome is not Outcome.NOOP:
         _end(record, now)
     return attempt
+
+
+def _describe_direct_close(
+    conn: Any, record: records.ConnectionRecord, attempt: records.CloseAttempt
+) -> None:
+    """Name (psycopg 3: counted in ``closes`` when it happened) or bound the application's own close."""
+    closed_in = stacks.frame_filter().first_user_frame(attempt.stack)
+    attempt.direct_close = direct_closes.fields(
+        conn,
+        (record.use_mono, record.use_stack),
+        record,
+        f"this close in {closed_in} at {records.iso_time(attempt.at)}",
+    )
 
 
 def finish_close(

@@ -81,9 +81,25 @@ class Event(Name):
     CONNECTION_OPEN_AT_FORK = "connection_open_at_fork"
     CONNECTION_FORK_INHERITED = "connection_fork_inherited"
     CONNECTION_INHERITED_USED = "connection_inherited_used"
+    CONNECTION_LOST = "connection_lost"  # a database operation failed because its session is gone
     INTERNAL_ERROR = "conntrace_internal_error"
     SETTINGS_INVALID = "conntrace_settings_invalid"
     REPORTS_REPEATED = "conntrace_reports_repeated"  # info, at exit: reports emitted once, then counted
+
+
+class Cause(Name):
+    """Why a session was lost, as ``connection_lost`` says it (``cause``)."""
+
+    TERMINATED_BY_ADMIN = "terminated_by_admin"  # 57P01, pg_terminate_backend() (see losses.py)
+    SERVER_SHUTDOWN = "server_shutdown"  # 57P01 with the server's other sessions ended too, or 57P03
+    SERVER_CRASH = "server_crash"  # 57P02: another server process crashed
+    IDLE_SESSION_TIMEOUT = "idle_session_timeout"  # 57P05
+    IDLE_IN_TRANSACTION_TIMEOUT = "idle_in_transaction_timeout"  # 25P03
+    POOLER = "pooler"  # pgbouncer ended the client's session, in its own words
+    FORKED_SIBLING = "forked_sibling"  # the session crossed fork(): another process closed or used it
+    CLOSED_BY_APPLICATION = "closed_by_application"  # code closed the driver connection directly
+    NETWORK = "network"  # no SQLSTATE: the socket was reset, timed out or reached end-of-file
+    UNKNOWN = "unknown"
 
 
 class ForkNoticed(Name):
@@ -157,6 +173,7 @@ VOCABULARY: tuple[type[Name], ...] = (
     Discard,
     Policy,
     Event,
+    Cause,
     ForkNoticed,
     HandledBy,
     Observed,

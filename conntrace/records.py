@@ -41,6 +41,8 @@ class CloseAttempt:
     closed_by: Optional[str] = None  # a ClosedBy, or for a discard after fork a Discard
     error_type: Optional[str] = None
     error: Optional[str] = None
+    # Event fields that name or bound an earlier direct close of the driver connection.
+    direct_close: Optional[dict[str, Any]] = None
 
     def as_event(self) -> dict[str, Any]:
         """Return this attempt as it appears inside an event: the user's frames only."""
@@ -80,14 +82,19 @@ class ConnectionRecord:
         "fork_gen",
         "fork_policy",
         "inherited",
+        "lost",
         "open_at_forks",
         "opened_at",
         "opened_mono",
         "pid",
         "pooled",
+        "previous_use_mono",
+        "previous_use_stack",
         "stack",
         "state",
         "thread",
+        "use_mono",
+        "use_stack",
         "vendor",
         "wrapper_ref",
     )
@@ -124,6 +131,19 @@ class ConnectionRecord:
         self.context: Optional[dict[str, Any]] = None
         self.context_gen = -1
         self.wrapper_ref: Optional[weakref.ref] = None
+        # The last new cursor (time and a few raw frames) and the one before it; None until used.
+        self.use_mono: Optional[float] = None
+        self.use_stack: RawStack = ()
+        self.previous_use_mono: Optional[float] = None
+        self.previous_use_stack: RawStack = ()
+        self.lost: Optional[str] = None  # the cause, once connection_lost was emitted for this session
+
+    def used(self, now: float, stack: RawStack) -> None:
+        """Remember a new cursor: the use hook calls this once per cursor, never per query."""
+        self.previous_use_mono = self.use_mono
+        self.previous_use_stack = self.use_stack
+        self.use_mono = now
+        self.use_stack = stack
 
     def add_close(self, attempt: CloseAttempt) -> None:
         """Record one close attempt (bounded: later ones are only counted)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from _thread import get_ident
 from asyncio import _get_running_loop
 from collections.abc import Callable
@@ -31,10 +32,15 @@ from conntrace.fields import snapshot_context
 from conntrace.lifecycle import INHERITED_ATTR, RECORD_ATTR
 from conntrace.names import ForkNoticed, Observed, Outcome, State
 from conntrace.observers import notify, observers
+from conntrace.stacks import capture
 
 DEBUG = logging.DEBUG
 # os.getpid() is a system call (0.15 µs here), asked once per connect, new cursor and close.
 _getpid = os.getpid
+_monotonic = time.monotonic
+# Frames kept per new cursor: enough to reach the application's line through the ORM's own
+# (QuerySet -> compiler -> cursor: 7 to 9 frames), no more, as it is paid once per cursor.
+USE_FRAMES = 10
 
 
 def _notice_untold_fork(at: ForkNoticed) -> None:
@@ -135,6 +141,8 @@ def wrap_use(original: Callable[..., Any]) -> Callable[..., Any]:
                 record = self.__dict__.get(RECORD_ATTR)
                 # An ended record here belongs to a closed session whose wrapper reconnects next.
                 if record is not None and record.state is State.OPEN:
+                    # For connection_lost: when and where it was last used (idle_s, last_used_in).
+                    record.used(_monotonic(), capture(USE_FRAMES, 1))
                     if record.fork_gen != process.fork_gen:
                         forking.on_inherited_use(self, record)
                     elif record.context_gen != process.request_gen:
