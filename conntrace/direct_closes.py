@@ -76,7 +76,8 @@ def fields(
         since = f"its opening in {record.opened_in()} at {records.iso_time(record.opened_at)}"
     else:
         used_at = records.iso_time(wall_time(used_mono))
-        since = f"its last use in {ff.first_user_frame(used_stack)} at {used_at}"
+        first_in = ff.first_user_frame(used_stack)
+        since = f"its last use at {used_at} (in a request first using it in {first_in})"
     return {"driver_closed_between": f"closed outside Django's wrapper between {since} and {until}"}
 
 

@@ -271,7 +271,7 @@ def _describe_direct_close(
     closed_in = stacks.frame_filter().first_user_frame(attempt.stack)
     attempt.direct_close = direct_closes.fields(
         conn,
-        (record.use_mono, record.use_stack),
+        (record.use_mono, record.use_stack or record.stack),
         record,
         f"this close in {closed_in} at {records.iso_time(attempt.at)}",
     )

@@ -165,12 +165,14 @@ def _lost_fields(wrapper: Any, record: records.ConnectionRecord, conn: Any, exc:
     return fields
 
 
-def _use_before_failure(record: records.ConnectionRecord) -> tuple[Optional[float], stacks.RawStack]:
-    """Return the use that came before the failing operation.
+def _use_before_failure(record: records.ConnectionRecord) -> tuple[float, stacks.RawStack]:
+    """Return the time and line of the use that came before the failing operation.
 
     A failure in Django's cursor layer is a query on the cursor the use hook
     just saw (the ORM opens one per query), so the use before is the one
     before that; a commit, a rollback or a close fails after the last use.
+    The line is the first use's in that use's request or task (kept once per
+    request, see wrappers.wrap_use); never used: the opening was its use.
     """
     frame: Any = sys._getframe(3)
     on_cursor = False
@@ -184,13 +186,13 @@ def _use_before_failure(record: records.ConnectionRecord) -> tuple[Optional[floa
             frame = frame.f_back
     finally:
         del frame
-    use = (
-        (record.previous_use_mono, record.previous_use_stack)
-        if on_cursor
-        else (record.use_mono, record.use_stack)
-    )
-    # Never used since it opened: the opening was its use (the cursor that opened it, typically).
-    return use if use[0] is not None else (record.opened_mono, record.stack)
+    used = record.previous_use_mono if on_cursor else record.use_mono
+    if used is None:
+        return record.opened_mono, record.stack
+    stack = record.use_stack
+    if on_cursor and record.use_stack_mono == record.use_mono:
+        stack = record.previous_use_stack  # the failing cursor was its request's first use
+    return used, stack or record.stack
 
 
 def _server(wrapper: Any) -> tuple[str, str]:

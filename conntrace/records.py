@@ -95,6 +95,7 @@ class ConnectionRecord:
         "thread",
         "use_mono",
         "use_stack",
+        "use_stack_mono",
         "vendor",
         "wrapper_ref",
     )
@@ -131,19 +132,14 @@ class ConnectionRecord:
         self.context: Optional[dict[str, Any]] = None
         self.context_gen = -1
         self.wrapper_ref: Optional[weakref.ref] = None
-        # The last new cursor (time and a few raw frames) and the one before it; None until used.
+        # When it was last used (a new cursor) and the time before that, for connection_lost;
+        # the line is kept once per request or task (its first use there), with its time.
         self.use_mono: Optional[float] = None
-        self.use_stack: RawStack = ()
         self.previous_use_mono: Optional[float] = None
+        self.use_stack: RawStack = ()
+        self.use_stack_mono: Optional[float] = None
         self.previous_use_stack: RawStack = ()
         self.lost: Optional[str] = None  # the cause, once connection_lost was emitted for this session
-
-    def used(self, now: float, stack: RawStack) -> None:
-        """Remember a new cursor: the use hook calls this once per cursor, never per query."""
-        self.previous_use_mono = self.use_mono
-        self.previous_use_stack = self.use_stack
-        self.use_mono = now
-        self.use_stack = stack
 
     def add_close(self, attempt: CloseAttempt) -> None:
         """Record one close attempt (bounded: later ones are only counted)."""

@@ -38,9 +38,9 @@ DEBUG = logging.DEBUG
 # os.getpid() is a system call (0.15 µs here), asked once per connect, new cursor and close.
 _getpid = os.getpid
 _monotonic = time.monotonic
-# Frames kept per new cursor: enough to reach the application's line through the ORM's own
-# (QuerySet -> compiler -> cursor: 7 to 9 frames), no more, as it is paid once per cursor.
-USE_FRAMES = 10
+# Frames kept at a connection's first use in a request or task: enough to reach the
+# application's line through the ORM's own (QuerySet -> compiler -> cursor: 7 to 9 frames).
+USE_FRAMES = 12
 
 
 def _notice_untold_fork(at: ForkNoticed) -> None:
@@ -141,13 +141,18 @@ def wrap_use(original: Callable[..., Any]) -> Callable[..., Any]:
                 record = self.__dict__.get(RECORD_ATTR)
                 # An ended record here belongs to a closed session whose wrapper reconnects next.
                 if record is not None and record.state is State.OPEN:
-                    # For connection_lost: when and where it was last used (idle_s, last_used_in).
-                    record.used(_monotonic(), capture(USE_FRAMES, 1))
+                    # For connection_lost's idle_s: no call, two attribute writes (time.monotonic is C).
+                    record.previous_use_mono = record.use_mono
+                    record.use_mono = now = _monotonic()
                     if record.fork_gen != process.fork_gen:
                         forking.on_inherited_use(self, record)
                     elif record.context_gen != process.request_gen:
                         try:
                             snapshot_context(record)
+                            # Its first use in this request or task: where (last_used_in).
+                            record.previous_use_stack = record.use_stack
+                            record.use_stack = capture(USE_FRAMES, 1)
+                            record.use_stack_mono = now
                         except Exception as exc:
                             events.internal_error("use", exc)
                     if observers:

@@ -101,7 +101,9 @@ def test_no_event_record_or_warning_contains_the_password(dsn_wrapper, captured,
     assert SECRET not in said
     assert said.count("***") >= 4  # the redactions are there, not just missing text
     outcomes = [c["outcome"] for r in conntrace.history() if r["alias"] == "dsn" for c in r["closes"]]
-    assert outcomes == ["failed", "already_closed", "already_closed"]
+    # psycopg 3's close is a Python method: the direct close is counted too, when it happens.
+    direct = ["closed"] if dsn_wrapper.Database.__name__ == "psycopg" else []
+    assert outcomes == ["failed", "already_closed", *direct, "already_closed"]
 
 
 def test_inherited_connection_error_names_the_opening_line_not_the_password(dsn_wrapper, settings):
