@@ -17,10 +17,9 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from conntrace import conf, process, records, stacks
+from conntrace import conf, patching, process, records, stacks
 from conntrace.names import ClosedBy, Outcome
 
-MARK = "_conntrace_original"
 # The method of Django's wrappers that closes the driver connection: a close made there is Django's.
 DJANGO_CLOSE = "_close"
 
@@ -120,28 +119,15 @@ def _remember(conn: Any, stack: stacks.RawStack) -> None:
 def install() -> None:
     """Wrap ``psycopg.Connection.close`` once, when psycopg 3 is importable and Django uses PostgreSQL."""
     connection_class = _psycopg_connection_class()
-    if connection_class is None:
-        return
-    current = connection_class.__dict__.get("close")
-    if current is None or getattr(current, MARK, None) is not None:
-        return
-    wrapper = _wrap(current)
-    wrapper.__name__ = current.__name__
-    wrapper.__qualname__ = current.__qualname__
-    wrapper.__doc__ = current.__doc__
-    setattr(wrapper, MARK, current)
-    connection_class.close = wrapper
+    if connection_class is not None and "close" in connection_class.__dict__:
+        patching.wrap("close", _wrap, connection_class)
 
 
 def uninstall() -> None:
     """Restore psycopg's own ``Connection.close``."""
-    psycopg = sys.modules.get("psycopg")
-    connection_class = getattr(psycopg, "Connection", None)
-    if connection_class is None:
-        return
-    original = getattr(connection_class.__dict__.get("close"), MARK, None)
-    if original is not None:
-        connection_class.close = original
+    connection_class = getattr(sys.modules.get("psycopg"), "Connection", None)
+    if connection_class is not None:
+        patching.unwrap("close", connection_class)
 
 
 def _psycopg_connection_class() -> Any:

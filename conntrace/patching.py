@@ -15,9 +15,12 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 MARK = "_conntrace_original"
 
 
-def wrap(name: str, make: Callable[[Any], Any]) -> None:
-    """Put ``make(original)`` on ``BaseDatabaseWrapper.name`` unless a wrapper of ours is there already."""
-    current = BaseDatabaseWrapper.__dict__[name]
+def wrap(name: str, make: Callable[[Any], Any], owner: type = BaseDatabaseWrapper) -> None:
+    """Put ``make(original)`` on ``owner.name`` unless a wrapper of ours is there already.
+
+    ``owner`` is Django's ``BaseDatabaseWrapper`` unless said (``Atomic``, psycopg's ``Connection``).
+    """
+    current = owner.__dict__[name]
     if getattr(current, MARK, None) is not None or find_ours(current):
         return
     wrapper = make(current)
@@ -25,15 +28,15 @@ def wrap(name: str, make: Callable[[Any], Any]) -> None:
     wrapper.__qualname__ = current.__qualname__
     wrapper.__doc__ = current.__doc__
     setattr(wrapper, MARK, current)
-    setattr(BaseDatabaseWrapper, name, wrapper)
+    setattr(owner, name, wrapper)
 
 
-def unwrap(name: str) -> None:
-    """Restore Django's own ``BaseDatabaseWrapper.name`` if our wrapper is the outermost layer."""
-    original = getattr(BaseDatabaseWrapper.__dict__[name], MARK, None)
+def unwrap(name: str, owner: type = BaseDatabaseWrapper) -> None:
+    """Restore the original ``owner.name`` if our wrapper is the outermost layer."""
+    original = getattr(owner.__dict__.get(name), MARK, None)
     # Where another library wrapped ours, the chain stays intact and ours is inert.
     if original is not None:
-        setattr(BaseDatabaseWrapper, name, original)
+        setattr(owner, name, original)
 
 
 def find_ours(func: Any, depth: int = 4) -> list[Any]:

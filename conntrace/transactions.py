@@ -15,9 +15,8 @@ from typing import Any, Optional
 
 from django.db.transaction import Atomic
 
-from conntrace import process, stacks
+from conntrace import patching, process, stacks
 
-MARK = "_conntrace_original"
 STACK_ATTR = "_conntrace_entered"
 # Frames kept per atomic entry: the with statement's line is the first or, through
 # a decorator (contextlib's ContextDecorator), the second; a few more name its caller.
@@ -38,21 +37,12 @@ def _wrap(original: Any) -> Any:
 
 def install() -> None:
     """Wrap ``Atomic.__enter__`` once."""
-    current = Atomic.__dict__["__enter__"]
-    if getattr(current, MARK, None) is not None:
-        return
-    wrapper = _wrap(current)
-    wrapper.__qualname__ = current.__qualname__
-    wrapper.__doc__ = current.__doc__
-    setattr(wrapper, MARK, current)
-    Atomic.__enter__ = wrapper
+    patching.wrap("__enter__", _wrap, Atomic)
 
 
 def uninstall() -> None:
     """Restore Django's own ``Atomic.__enter__``."""
-    original = getattr(Atomic.__dict__["__enter__"], MARK, None)
-    if original is not None:
-        Atomic.__enter__ = original
+    patching.unwrap("__enter__", Atomic)
 
 
 def started_in(wrapper: Any) -> Optional[str]:

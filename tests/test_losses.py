@@ -408,16 +408,24 @@ def test_a_healthy_run_and_ordinary_errors_give_no_connection_lost(site, db_sett
     assert lost(captured) == []
 
 
-def test_uninstall_gives_django_back_its_plain_attribute():
+def test_install_twice_adds_no_layer_and_uninstall_restores_django_and_psycopg_exactly():
+    import psycopg
     from django.db.backends.base.base import BaseDatabaseWrapper
 
+    originals = (psycopg.Connection.close, transaction.Atomic.__enter__)
+    conntrace.install()
+    assert (psycopg.Connection.close, transaction.Atomic.__enter__) == originals
     assert isinstance(BaseDatabaseWrapper.__dict__["errors_occurred"], property)
-    connection.errors_occurred = True
+    connection.errors_occurred = True  # kept in the wrapper's own __dict__, where Django keeps it
     conntrace.uninstall()
     try:
         assert "errors_occurred" not in BaseDatabaseWrapper.__dict__
         assert connection.errors_occurred is True
         connection.errors_occurred = False
+        restored = (psycopg.Connection.close, transaction.Atomic.__enter__)
+        assert restored == (originals[0]._conntrace_original, originals[1]._conntrace_original)
+        assert not hasattr(restored[0], "_conntrace_original")
+        assert not hasattr(restored[1], "_conntrace_original")
     finally:
         conntrace.install()
     assert connection.errors_occurred is False
