@@ -54,6 +54,8 @@ SQLSTATE_BY_MESSAGE = (
     ("terminating connection due to idle-session timeout", "57P05"),
     ("terminating connection due to idle-in-transaction timeout", "25P03"),
 )
+# pgbouncer sends its own errors as protocol_violation.
+POOLER_SQLSTATE = "08P01"
 # pgbouncer's own reasons for ending a client's session (pgbouncer 1.x, src/*.c).
 POOLER_MESSAGES = (
     "server conn crashed?",
@@ -138,7 +140,9 @@ def _lost_fields(wrapper: Any, record: records.ConnectionRecord, conn: Any, exc:
     server_message = events.redact(drivers.server_message(conn))
     seen = f"{text}\n{server_message}"
     code, sent = _sqlstate(exc, seen)
-    pooler = next((message for message in POOLER_MESSAGES if message in seen), None)
+    pooler = None
+    if closed is not None or code == POOLER_SQLSTATE:  # never an application's text that looks alike
+        pooler = next((message for message in POOLER_MESSAGES if message in seen), None)
     if closed is None and pooler is None and code not in LOSS_SQLSTATES:
         return None  # an error on a session that is still there
     now = time.monotonic()
@@ -150,7 +154,7 @@ def _lost_fields(wrapper: Any, record: records.ConnectionRecord, conn: Any, exc:
     fields.update(sqlstate=code, error_type=type(exc).__name__, error=text)
     if server_message and server_message != text:
         fields["server_message"] = server_message  # psycopg2: libpq kept the server's own words
-    cause, evidence = _classify(wrapper, record, closed, code, sent, pooler, now, fields, failed_in)
+    cause, evidence = _classify(wrapper, record, closed, code, sent, pooler, now, fields)
     if cause is Cause.CLOSED_BY_APPLICATION:
         until = f"this error in {failed_in} at {records.iso_time(time.time())}"
         fields.update(direct_closes.fields(conn, (use_mono, use_stack), record, until))
@@ -209,7 +213,6 @@ def _classify(
     pooler: Optional[str],
     now: float,
     fields: dict[str, Any],
-    failed_in: Optional[str],
 ) -> tuple[Cause, str]:
     said = f"SQLSTATE {code}" if sent else f"the server's message for SQLSTATE {code}"
     if code == ADMIN_SHUTDOWN:
