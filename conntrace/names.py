@@ -85,6 +85,10 @@ class Event(Name):
     INTERNAL_ERROR = "conntrace_internal_error"
     SETTINGS_INVALID = "conntrace_settings_invalid"
     REPORTS_REPEATED = "conntrace_reports_repeated"  # info, at exit: reports emitted once, then counted
+    POOL_EXHAUSTED = "pool_exhausted"  # error: a pool checkout timed out; who holds the connections
+    CONNECTION_CHECKED_OUT = "connection_checked_out"  # debug: a pool lent an existing session
+    CONNECTION_HELD_LONG = "connection_held_long"  # warning: checked out or in a transaction too long
+    ASGI_PERSISTENT_CONNECTIONS = "asgi_persistent_connections"  # warning: CONN_MAX_AGE under ASGI
 
 
 class Cause(Name):

@@ -29,6 +29,7 @@ from tests.app.models import Setting
 from tests.conftest import named
 from tests.faults import FailingClose
 from tests.pgbouncer import PgBouncer
+from tests.wsgi import production_site
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -61,9 +62,7 @@ def get(handler: WSGIHandler, url: str = "/count/") -> int:
 @pytest.fixture
 def site(settings) -> WSGIHandler:
     """Give a WSGI handler for this module's views (errors become 500 responses, as in production)."""
-    settings.ROOT_URLCONF = __name__
-    settings.DEBUG_PROPAGATE_EXCEPTIONS = False
-    return WSGIHandler()
+    return production_site(settings, __name__)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from tests.app.models import Setting
 from tests.conftest import named
 from tests.pgbouncer import PgBouncer
 from tests.test_faults import bouncer, db_settings, get, restartable, through_bouncer, wait_gone
+from tests.wsgi import production_site
 
 __all__ = ["bouncer", "db_settings", "restartable", "through_bouncer"]  # fixtures used here
 
@@ -91,9 +92,7 @@ COUNT_LINE = f"tests/test_losses.py:{count.__code__.co_firstlineno + 1} in count
 @pytest.fixture
 def site(settings) -> WSGIHandler:
     """Give a WSGI handler for this module's views (errors become 500 responses, as in production)."""
-    settings.ROOT_URLCONF = __name__
-    settings.DEBUG_PROPAGATE_EXCEPTIONS = False
-    return WSGIHandler()
+    return production_site(settings, __name__)
 
 
 @pytest.fixture

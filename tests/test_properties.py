@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 import conntrace
-from conntrace import lifecycle, records
+from conntrace import drivers, lifecycle, records
 from conntrace.names import Outcome
 from tests import pgserver
 
@@ -144,7 +144,11 @@ class ConnectionLife(RuleBasedStateMachine):
         wrapper = self.wrappers[index]
         if not really_open(wrapper) or index in self.driver_closed:
             return
+        psycopg3 = drivers.family(wrapper.connection) == "psycopg"
         wrapper.connection.close()
+        if psycopg3:
+            # psycopg 3's close is Python: conntrace records it when it happens, with its line.
+            self.expected[self.record(index).conn_id].append((Outcome.CLOSED, "application"))
         self.driver_closed.add(index)
         self.killed_by[index] = "application"
 

@@ -30,3 +30,10 @@ def serve_wsgi(path_info: str, query: str = "", cookie: str = "") -> tuple[str, 
     finally:
         result.close()  # sends request_finished: Django's close_old_connections, then the panel
     return got["status"], got["headers"], body
+
+
+def production_site(settings: Any, urlconf: str) -> WSGIHandler:
+    """Return a WSGI handler for ``urlconf`` that turns errors into 500 responses, as in production."""
+    settings.ROOT_URLCONF = urlconf
+    settings.DEBUG_PROPAGATE_EXCEPTIONS = False
+    return WSGIHandler()
