@@ -72,11 +72,11 @@ def fields(
         }
     used_mono, used_stack = last_use
     if used_mono is None:
-        since = f"its opening in {record.opened_in()} at {records.iso_time(record.opened_at)}"
+        since = f"its opening {stacks.in_place(record.opened_in())} at {records.iso_time(record.opened_at)}"
     else:
         used_at = records.iso_time(wall_time(used_mono))
         first_in = ff.first_user_frame(used_stack)
-        since = f"its last use at {used_at} (in a request first using it in {first_in})"
+        since = f"its last use at {used_at} (in a request first using it {stacks.in_place(first_in)})"
     return {"driver_closed_between": f"closed outside Django's wrapper between {since} and {until}"}
 
 

@@ -273,7 +273,7 @@ def _describe_direct_close(
         conn,
         (record.use_mono, record.use_stack or record.stack),
         record,
-        f"this close in {closed_in} at {records.iso_time(attempt.at)}",
+        f"this close {stacks.in_place(closed_in)} at {records.iso_time(attempt.at)}",
     )
 
 
