@@ -75,8 +75,10 @@ def fields(
         since = f"its opening {stacks.in_place(record.opened_in())} at {records.iso_time(record.opened_at)}"
     else:
         used_at = records.iso_time(wall_time(used_mono))
-        first_in = ff.first_user_frame(used_stack)
-        since = f"its last use at {used_at} (in a request first using it {stacks.in_place(first_in)})"
+        since = f"its last use at {used_at}"
+        if used_stack:  # uses are watched
+            first_in = ff.first_user_frame(used_stack)
+            since += f" (in a request first using it {stacks.in_place(first_in)})"
     return {"driver_closed_between": f"closed outside Django's wrapper between {since} and {until}"}
 
 

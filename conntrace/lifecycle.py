@@ -86,6 +86,8 @@ def open_record(wrapper: Any) -> records.ConnectionRecord:
         snapshot_context(record)
     else:
         record.context_gen = process.request_gen  # nothing was ever bound: nothing to copy
+    if observers:  # uses are watched: the open is its first use in this request (last_used_in)
+        record.use_stack, record.use_stack_mono = record.stack, record.opened_mono
     wrapper_dict = wrapper.__dict__
     ref = wrapper_dict.get(REF_ATTR)
     if ref is None or ref() is not wrapper:  # none yet, or copied from another wrapper

@@ -196,7 +196,7 @@ def _use_before_failure(record: records.ConnectionRecord) -> tuple[float, stacks
     stack = record.use_stack
     if on_cursor and record.use_stack_mono == record.use_mono:
         stack = record.previous_use_stack  # the failing cursor was its request's first use
-    return used, stack or record.stack
+    return used, stack  # () unless uses are watched: last_used_in is then unknown, not the opening
 
 
 def _server(wrapper: Any) -> tuple[str, str]:

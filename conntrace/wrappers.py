@@ -149,10 +149,13 @@ def wrap_use(original: Callable[..., Any]) -> Callable[..., Any]:
                     elif record.context_gen != process.request_gen:
                         try:
                             snapshot_context(record)
-                            # Its first use in this request or task: where (last_used_in).
-                            record.previous_use_stack = record.use_stack
-                            record.use_stack = capture(USE_FRAMES, 1)
-                            record.use_stack_mono = now
+                            if observers:
+                                # Uses are watched (a debugging tool): where is its first use in
+                                # this request or task (last_used_in). Not otherwise: walking a
+                                # request's frames costs about 4 µs, W3b 1.019 against 1.001.
+                                record.previous_use_stack = record.use_stack
+                                record.use_stack = capture(USE_FRAMES, 1)
+                                record.use_stack_mono = now
                         except Exception as exc:
                             events.internal_error("use", exc)
                     if observers:

@@ -22,6 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
 import conntrace
+from conntrace import instrument
 from tests import pgserver
 from tests.app.models import Setting
 from tests.conftest import named
@@ -87,6 +88,18 @@ ATOMIC_LINE = f"tests/test_losses.py:{sleep_in_atomic.__code__.co_firstlineno + 
 VIEW_CLOSE_LINE = f"tests/test_losses.py:{close_driver.__code__.co_firstlineno + 2} in close_driver"
 NAME = "close_driver"
 COUNT_LINE = f"tests/test_losses.py:{count.__code__.co_firstlineno + 1} in count"
+
+
+@pytest.fixture
+def uses_watched() -> Iterator[None]:
+    """Watch uses as a debugging tool (the toolbar panel) does: last_used_in is kept only then."""
+
+    def observe(kind: Any, wrapper: Any, record: Any) -> None:
+        pass
+
+    instrument.add_observer(observe)
+    yield
+    instrument.remove_observer(observe)
 
 
 @pytest.fixture
@@ -163,7 +176,7 @@ def said(event: dict[str, Any]) -> str:
 
 @pytest.mark.drivers
 def test_a_backend_terminated_by_an_admin_is_lost_at_the_next_request(
-    site, db_settings, pg, captured, raised
+    site, db_settings, pg, captured, raised, uses_watched
 ):
     db_settings(60)
     killed: list[int] = []
@@ -227,7 +240,10 @@ def test_a_fast_restart_is_a_server_shutdown_for_every_persistent_session(
 
 
 @pytest.mark.drivers
-def test_an_idle_session_timeout_names_the_last_use(site, db_settings, captured, raised):
+@pytest.mark.parametrize("watched", [True, False], ids=["uses_watched", "in_production"])
+def test_an_idle_session_timeout_names_the_last_use(watched, site, db_settings, captured, raised, request):
+    if watched:
+        request.getfixturevalue("uses_watched")
     db_settings(60)
     assert get(site) == 200
     with connection.cursor() as cursor:
@@ -237,8 +253,8 @@ def test_an_idle_session_timeout_names_the_last_use(site, db_settings, captured,
     [event] = lost(captured)
     assert (event["cause"], event["sqlstate"]) == ("idle_session_timeout", "57P05")
     assert event["idle_s"] >= 2
-    # The line is kept once per request (its first use there); the time at every new cursor.
-    assert event["last_used_in"] == COUNT_LINE
+    # The time is kept at every new cursor; the line once per request, while uses are watched.
+    assert event["last_used_in"] == (COUNT_LINE if watched else None)
     assert event["failed_in"] == COUNT_LINE
 
 
@@ -258,7 +274,7 @@ def test_an_idle_in_transaction_timeout_names_the_atomic_block(site, db_settings
 
 @pytest.mark.drivers
 def test_a_driver_connection_closed_in_a_view_then_used_is_closed_by_application(
-    site, db_settings, captured, raised
+    site, db_settings, captured, raised, uses_watched
 ):
     db_settings(60)
 
