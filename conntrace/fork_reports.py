@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from conntrace import drivers, events, pools, process, records, stacks
+from conntrace import drivers, events, process, psycopg_pools, records, stacks
 from conntrace.fields import base_fields
 from conntrace.names import Event, ForkNoticed, HandledBy, Policy
 
@@ -107,7 +107,7 @@ def fork_fields(record: records.ConnectionRecord) -> dict[str, Any]:
 
 def report_open_at_fork(
     crossing: list[records.ConnectionRecord],
-    idle_pools: list[pools.PoolInfo],
+    idle_pools: list[psycopg_pools.PoolInfo],
     policy: str,
     handled: Optional[HandledBy],
     stack: stacks.RawStack,
@@ -119,7 +119,9 @@ def report_open_at_fork(
     forked_in = stacks.frame_filter().first_user_frame(stack)
     reports = [fork_fields(record) for record in crossing]
     for alias, _, idle in idle_pools:
-        reports.extend(pools.idle_fields(alias, drivers.backend_pid(conn), process.pid) for conn in idle)
+        reports.extend(
+            psycopg_pools.idle_fields(alias, drivers.backend_pid(conn), process.pid) for conn in idle
+        )
     for fields in reports:
         if first_time(Event.CONNECTION_OPEN_AT_FORK, fields["alias"], fields["opened_in"]):
             fields.update(forked_in=forked_in, policy=policy, hint=hint)
@@ -164,7 +166,7 @@ def report_pooled(
     """In the child: an idle connection of a psycopg pool was inherited."""
     level, hint = level_and_hint(policy, handled, in_child=True)
     if events.enabled(level):
-        fields = pools.idle_fields(alias, backend_pid, process.parent_pid)
+        fields = psycopg_pools.idle_fields(alias, backend_pid, process.parent_pid)
         events.emit(
             level, Event.CONNECTION_FORK_INHERITED, _child_fields(fields, policy, handled, noticed, hint)
         )

@@ -23,7 +23,7 @@ another thread of the parent may have held a logging or structlog lock at the
 moment of fork, and in the child nobody will ever release it. It records,
 detaches sockets and queues its reports in ``process.pending``; they are
 emitted at the next safe point (a connect, a close, a request, a use, exit). What the
-reports say is in ``fork_reports``; Django's psycopg pools are in ``pools``.
+reports say is in ``fork_reports``; Django's psycopg pools are in ``psycopg_pools``.
 The parent's report is emitted by the parent's after-fork hook, once the child
 exists: a pre-forking master (gunicorn with ``--preload``) never runs Django
 code again, so there is no later point, and in the parent every lock is held
@@ -45,8 +45,8 @@ from conntrace import (
     fork_handlers,
     fork_reports,
     lifecycle,
-    pools,
     process,
+    psycopg_pools,
     records,
     stacks,
 )
@@ -64,7 +64,7 @@ class _Fork:
     def __init__(self) -> None:
         self.armed = False  # the before-fork hook ran for this fork
         self.records: list[records.ConnectionRecord] = []
-        self.pools: list[pools.PoolInfo] = []
+        self.pools: list[psycopg_pools.PoolInfo] = []
         self.policy: str = Policy.RESET
         self.handled: Optional[HandledBy] = None
         self.stack: stacks.RawStack = ()
@@ -133,7 +133,7 @@ def _before_fork() -> None:
     try:
         _fork.policy = conf.get()["FORK_POLICY"]
         _fork.records = records.registry.open_records()
-        _fork.pools = pools.idle_pools()
+        _fork.pools = psycopg_pools.idle_pools()
         if _fork.crossing():
             _fork.stack = stacks.capture(FORK_STACK_DEPTH, skip=1)
             _fork.handled = fork_handlers.handled_by(_fork.stack)
@@ -196,10 +196,10 @@ def _child_started(noticed: ForkNoticed) -> None:
             if policy != Policy.WARN:
                 _discard_record(record, raise_on_use=policy == Policy.RAISE)
             process.pending.append(partial(fork_reports.report_inherited, record, handled, noticed))
-        for alias, pool, idle in pools.idle_pools():
+        for alias, pool, idle in psycopg_pools.idle_pools():
             backend_pids = [drivers.backend_pid(conn) for conn in idle]
             if policy != Policy.WARN:
-                pools.discard(alias, pool, idle)
+                psycopg_pools.discard(alias, pool, idle)
             for backend_pid in backend_pids:
                 process.pending.append(
                     partial(fork_reports.report_pooled, alias, backend_pid, policy, handled, noticed)

@@ -18,7 +18,7 @@ import sys
 import traceback
 from typing import Any, TextIO
 
-from conntrace import conf, drivers, events, instrument, lifecycle, pools, process, records, stacks
+from conntrace import conf, drivers, events, instrument, lifecycle, process, psycopg_pools, records, stacks
 
 EXIT_CLEAN = 0
 EXIT_OPEN = 1
@@ -155,9 +155,9 @@ def open_connections() -> list[dict[str, Any]]:
     if process.pending:
         process.flush_pending()
     found = [_record_entry(record) for record in records.registry.open_records()]
-    for alias, _, idle in pools.idle_pools():
+    for alias, _, idle in psycopg_pools.idle_pools():
         for conn in idle:
-            fields = pools.idle_fields(alias, drivers.backend_pid(conn), process.pid)
+            fields = psycopg_pools.idle_fields(alias, drivers.backend_pid(conn), process.pid)
             found.append({key: fields[key] for key in _KEYS if key in fields} | {"pooled_idle": True})
     found.extend(_untracked(records.registry.open_records()))
     return found
