@@ -52,6 +52,15 @@ def history() -> list[dict[str, Any]]:
     return [record.as_dict() for record in records.registry.ended_records()]
 
 
+def pools() -> list[dict[str, Any]]:
+    """Return Django's psycopg pools in this process: sizes, counters, who holds each connection."""
+    from conntrace import pool_forensics, process
+
+    if process.pending:
+        process.flush_pending()
+    return pool_forensics.all_pools()
+
+
 __all__ = [
     "CloseErrorWarning",
     "InheritedConnectionError",
@@ -59,5 +68,6 @@ __all__ = [
     "install",
     "is_installed",
     "live",
+    "pools",
     "uninstall",
 ]

@@ -17,7 +17,7 @@ import weakref
 from functools import partial
 from typing import Any, Optional
 
-from conntrace import conf, direct_closes, drivers, events, process, records, stacks
+from conntrace import conf, direct_closes, drivers, events, process, psycopg_pools, records, stacks
 from conntrace.exceptions import CloseErrorWarning
 from conntrace.fields import anomaly_fields, base_fields, context_ever_bound, snapshot_context
 from conntrace.names import NORMAL_OUTCOMES, ClosedBy, Event, Observed, Outcome, State
@@ -158,10 +158,23 @@ def connected(
         # record may also be a copied wrapper's: copy.copy() shares the attribute).
         _on_abandon_now(previous)
     record.backend_pid = drivers.backend_pid(conn)
+    if record.pooled:
+        psycopg_pools.checked_out(record, conn)
     if debug:
-        events.emit(DEBUG, Event.CONNECTION_OPENED, base_fields(record))
+        _report_opened(record)
     if observers:
         notify(Observed.OPENED, wrapper, record)
+
+
+def _report_opened(record: records.ConnectionRecord) -> None:
+    """Emit ``connection_opened`` for a new session, ``connection_checked_out`` for a pool's lent one."""
+    fields = base_fields(record)
+    event = Event.CONNECTION_OPENED
+    if record.pooled:
+        fields["pooled"] = True
+        if not record.new_session:
+            event = Event.CONNECTION_CHECKED_OUT
+    events.emit(DEBUG, event, fields)
 
 
 def _held_by(record: records.ConnectionRecord, wrapper: Any) -> bool:

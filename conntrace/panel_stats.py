@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from conntrace import conf, drivers, process, records
+from conntrace import conf, drivers, pool_forensics, process, records
 from conntrace import panel_tracking as tracking
 from conntrace.names import WARNING_OUTCOMES, AtRequestEnd, Origin, Outcome, Placeholder, RequestEnd, State
 
@@ -27,6 +27,7 @@ def build_stats(session: Optional[tracking.Session], request_end: Optional[str] 
             "connections": [],
             "others": [],
             "process": _process_facts(),
+            "pools": [],
             "counts": {"opened": 0, "reused": 0, "warnings": 0},
             "request_end": RequestEnd.NONE,
         }
@@ -48,6 +49,7 @@ def build_stats(session: Optional[tracking.Session], request_end: Optional[str] 
         "connections": entries,
         "others": others,
         "process": _process_facts(),
+        "pools": _pools(),
         "counts": {
             "opened": sum(1 for e in entries if e["origin"] != Origin.EARLIER),
             "reused": sum(1 for e in entries if e["origin"] == Origin.EARLIER),
@@ -180,6 +182,16 @@ def _other_entry(record: records.ConnectionRecord, now: float) -> dict[str, Any]
         "opened_stack_full": record.opened_stack_full(),
         "inherited": record.inherited,
     }
+
+
+def _pools() -> list[dict[str, Any]]:
+    """Return Django's psycopg pools of this process, with who holds each connection (JSON-safe)."""
+    pools = pool_forensics.all_pools()
+    for pool in pools:
+        for holder in pool["holders"]:
+            # The context is the application's structlog values: kept as text for the store.
+            holder["context"] = {str(key): str(value) for key, value in holder["context"].items()}
+    return pools
 
 
 def _process_facts() -> dict[str, Any]:

@@ -3,17 +3,38 @@
 Django keeps one pool per alias in a class-level dict of its PostgreSQL
 backend. Their idle connections were opened by the pool's own thread, so the
 line that matters for them is the application's checkout that last used them.
+Every checkout passes Django's ``connect()``: only the first checkout of a
+driver connection in this process is a new session.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+import weakref
 from typing import Any, Optional
 
 from conntrace import drivers, process, records
 
 # (alias, pool, its idle driver connections)
 PoolInfo = tuple[str, Any, list[Any]]
+
+# The driver connections a pool has lent in this process (or its parent, before a fork).
+_sessions_seen: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def checked_out(record: records.ConnectionRecord, conn: Any) -> None:
+    """Remember which thread took a pooled connection, and whether the pool made its session for it.
+
+    psycopg_pool opens sessions in its own threads, so Django's ``connect()``
+    cannot tell a new one from a lent one: a driver connection never lent
+    before in this process is new (one set lookup per checkout).
+    """
+    record.thread_ref = weakref.ref(threading.current_thread())
+    if conn in _sessions_seen:
+        record.new_session = False
+    else:
+        _sessions_seen.add(conn)
 
 
 def django_pools() -> Optional[dict[str, Any]]:

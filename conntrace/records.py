@@ -83,6 +83,7 @@ class ConnectionRecord:
         "fork_policy",
         "inherited",
         "lost",
+        "new_session",
         "open_at_forks",
         "opened_at",
         "opened_mono",
@@ -93,6 +94,7 @@ class ConnectionRecord:
         "stack",
         "state",
         "thread",
+        "thread_ref",
         "use_mono",
         "use_stack",
         "use_stack_mono",
@@ -121,6 +123,9 @@ class ConnectionRecord:
         self.stack = stack
         self.backend_pid: Optional[int] = None
         self.pooled = False
+        # False for a pool's checkout of a session it already had; who took it (pooled only).
+        self.new_session = True
+        self.thread_ref: Optional[weakref.ref] = None
         self.state = State.OPEN
         self.closes: list[CloseAttempt] = []
         self.close_count = 0
@@ -177,6 +182,7 @@ class ConnectionRecord:
             "age_s": self.age_s(),
             "backend_pid": self.backend_pid,
             "pooled": self.pooled,
+            "new_session": self.new_session,
             "opened_in": self.opened_in(),
             "opened_stack": self.opened_stack(),
             "opened_stack_full": self.opened_stack_full(),

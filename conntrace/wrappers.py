@@ -27,7 +27,7 @@ from asyncio import _get_running_loop
 from collections.abc import Callable
 from typing import Any
 
-from conntrace import conf, events, forking, lifecycle, process
+from conntrace import conf, events, forking, lifecycle, pool_forensics, process
 from conntrace.fields import snapshot_context
 from conntrace.lifecycle import INHERITED_ATTR, RECORD_ATTR
 from conntrace.names import ForkNoticed, Observed, Outcome, State
@@ -68,6 +68,10 @@ def wrap_connect(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
             events.internal_error("connect", exc)
         try:
             return original(self)
+        except Exception as exc:
+            if record is not None and record.pooled:
+                pool_forensics.checkout_failed(self, record, exc)  # a timeout: who holds the pool
+            raise
         finally:
             # Also when connect() raised: a session may exist (init_connection_state() failed).
             if record is not None:

@@ -40,6 +40,7 @@ CYCLES = 1_000
 # real-session test below opens 32 x REAL_CYCLES fresh server sessions.
 REAL_CYCLES = 30
 POOLED = "pooled"
+LENT = ("connection_opened", "connection_checked_out")
 
 
 def run_threads(work: Any, count: int) -> tuple[list[BaseException], float]:
@@ -67,7 +68,8 @@ def run_threads(work: Any, count: int) -> tuple[list[BaseException], float]:
 
 def assert_exact_life(logs: list[dict[str, Any]], alias: str, threads: int, cycles: int) -> None:
     """Check one open and one close event per cycle, each conn_id once, cycles per thread."""
-    opened = [e for e in named(logs, "connection_opened") if e["alias"] == alias]
+    # Each cycle is a new session (connection_opened) or a pool's checkout of one it had.
+    opened = [e for e in logs if e["event"] in LENT and e["alias"] == alias]
     closed = [e for e in named(logs, "connection_closed") if e["alias"] == alias]
     total = threads * cycles
     assert len(opened) == total
@@ -111,6 +113,11 @@ def test_32_threads_x_1000_cycles_through_a_pool_lose_and_duplicate_nothing(capt
     assert_exact_life(captured, POOLED, THREADS, CYCLES)
     outcomes = {e["outcome"] for e in named(captured, "connection_closed") if e["alias"] == POOLED}
     assert outcomes == {"returned_to_pool"}
+    # connection_opened counts the sessions the pool made, each once; the rest are checkouts.
+    new_sessions = [e["backend_pid"] for e in named(captured, "connection_opened") if e["alias"] == POOLED]
+    assert len(new_sessions) == len(set(new_sessions)) <= THREADS + 4
+    assert {e["backend_pid"] for e in named(captured, "connection_checked_out")} <= set(new_sessions)
+    assert named(captured, "pool_exhausted") == []
     print(f"\n{THREADS} threads x {CYCLES} pooled cycles: {took:.1f} s")
 
 
