@@ -114,6 +114,14 @@ SETTINGS: tuple[Setting, ...] = (
     # on the driver's own flag, which any query after such an end sets. 0: poll at every close.
     Setting("SOCKET_CHECK_AFTER_S", 1.0, "a number of seconds between 0 and 86400, e.g. 1.0", _seconds,
             "E010"),
+    # connection_held_long: a connection checked out of a pool, or inside a transaction, this long.
+    Setting("HELD_WARN_S", 30.0, "a number of seconds between 0 and 86400, e.g. 30.0", _seconds, "E011"),
+    # connection_held_long: a transaction with no new cursor for this long (idle in transaction).
+    Setting("IDLE_IN_TRANSACTION_WARN_S", 10.0, "a number of seconds between 0 and 86400, e.g. 10.0",
+            _seconds, "E012"),
+    # How often the watchdog thread looks for held connections; 0 turns it off.
+    Setting("WATCHDOG_INTERVAL_S", 5.0, "a number of seconds between 0 and 86400, e.g. 5.0", _seconds,
+            "E013"),
 )
 # fmt: on
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Optional
 
@@ -56,6 +57,8 @@ from conntrace.names import Discard, ForkNoticed, HandledBy, Outcome, Policy
 FORK_STACK_DEPTH = 40
 
 _registered = False
+# Called first in every forked child (from the at-fork hook: they take no lock, emit nothing).
+_child_callbacks: list[Callable[[], None]] = []
 
 
 class _Fork:
@@ -94,6 +97,16 @@ def register_hooks() -> None:
         atexit.register(_at_exit)
         _register_uwsgi_post_fork()
         _registered = True
+
+
+def on_child_started(callback: Callable[[], None]) -> None:
+    """Call ``callback`` in every forked child, before its inherited connections are handled.
+
+    It runs inside the child's at-fork hook: it must take no lock and emit nothing
+    (queue work in ``process.pending`` instead).
+    """
+    if callback not in _child_callbacks:
+        _child_callbacks.append(callback)
 
 
 def _register_uwsgi_post_fork() -> None:
@@ -181,6 +194,11 @@ def _child_started(noticed: ForkNoticed) -> None:
     process.after_fork_in_child()
     process.pending.clear()  # the parent's unsent reports are the parent's
     fork_reports.forget_repeats()
+    for callback in _child_callbacks:
+        try:
+            callback()
+        except Exception as exc:
+            process.pending.append(partial(events.internal_error, "fork_child_callback", exc))
     armed, policy, handled = _fork.armed, _fork.policy, _fork.handled
     _fork.clear()
     if not process.active:

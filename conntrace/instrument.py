@@ -12,6 +12,7 @@ from django.conf import settings as django_settings
 from django.core.signals import request_started
 
 from conntrace import (
+    asgi_check,
     checks,
     conf,
     direct_closes,
@@ -23,6 +24,7 @@ from conntrace import (
     process,
     records,
     transactions,
+    watchdog,
     wrappers,
 )
 from conntrace.patching import MARK
@@ -66,7 +68,12 @@ def install() -> bool:
             wrappers.on_unit_of_work_started, weak=False, dispatch_uid=TASK_PRERUN_UID
         )
     forking.register_hooks()
+    forking.on_child_started(watchdog.after_fork_in_child)
+    conf.on_reload(watchdog.restart)
+    asgi_check.install()
     process.active = True
+    if not watchdog.running():
+        watchdog.arm()  # started at the next connect
     return True
 
 
@@ -82,6 +89,8 @@ def uninstall() -> None:
     celery_signals = sys.modules.get("celery.signals")
     if celery_signals is not None:
         celery_signals.task_prerun.disconnect(dispatch_uid=TASK_PRERUN_UID)
+    asgi_check.uninstall()
+    watchdog.disarm()
 
 
 def is_installed() -> bool:

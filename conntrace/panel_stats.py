@@ -177,6 +177,10 @@ def _other_entry(record: records.ConnectionRecord, now: float) -> dict[str, Any]
         "pid": record.pid,
         "backend_pid": record.backend_pid,
         "age_s": round(now - record.opened_mono, 3),
+        # A thread that ended, or idles, holding its connection (an executor thread under ASGI).
+        "idle_s": record.idle_s(now),
+        "thread_alive": record.thread_alive(),
+        "transaction_started_in": record.transaction_started_in(),
         "opened_in": record.opened_in(),
         "opened_stack": record.opened_stack(),
         "opened_stack_full": record.opened_stack_full(),

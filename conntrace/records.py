@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import threading
 import time
 import weakref
 from collections import deque
@@ -95,6 +96,8 @@ class ConnectionRecord:
         "state",
         "thread",
         "thread_ref",
+        "transaction_mono",
+        "transaction_stack",
         "use_mono",
         "use_stack",
         "use_stack_mono",
@@ -145,6 +148,10 @@ class ConnectionRecord:
         self.use_stack_mono: Optional[float] = None
         self.previous_use_stack: RawStack = ()
         self.lost: Optional[str] = None  # the cause, once connection_lost was emitted for this session
+        # When and where the open transaction began (autocommit turned off: the outermost
+        # atomic() or set_autocommit(False)); None outside one. Set once per transaction.
+        self.transaction_mono: Optional[float] = None
+        self.transaction_stack: RawStack = ()
 
     def add_close(self, attempt: CloseAttempt) -> None:
         """Record one close attempt (bounded: later ones are only counted)."""
@@ -156,6 +163,32 @@ class ConnectionRecord:
         """Return seconds since the connection opened (until it closed, if it did)."""
         end = self.closed_mono if self.closed_mono is not None else (now or time.monotonic())
         return round(end - self.opened_mono, 6)
+
+    def idle_s(self, now: Optional[float] = None) -> float:
+        """Return seconds since the last new cursor (or the opening, if none yet)."""
+        last = self.use_mono if self.use_mono is not None else self.opened_mono
+        return round((now or time.monotonic()) - last, 6)
+
+    def thread_ident(self) -> Optional[int]:
+        """Return the identifier of the thread whose Django wrapper holds this session, if still known."""
+        wrapper = self.wrapper_ref() if self.wrapper_ref is not None else None
+        return getattr(wrapper, "_thread_ident", None)
+
+    def thread_alive(self, alive: Optional[dict[int, str]] = None) -> Optional[bool]:
+        """Return whether the holding thread still runs (``alive``: ``alive_threads()``); None if unknown.
+
+        The name is compared too: a new thread may be given an ended one's identifier.
+        """
+        ident = self.thread_ident()
+        if ident is None:
+            return None
+        return (alive if alive is not None else alive_threads()).get(ident) == self.thread
+
+    def transaction_started_in(self) -> Optional[str]:
+        """Return the user's line that began the open transaction, or None outside one."""
+        if self.transaction_mono is None:
+            return None
+        return frame_filter().first_user_frame(self.transaction_stack)
 
     def opened_in(self) -> Optional[str]:
         """Return the user's line that opened this connection."""
@@ -192,7 +225,16 @@ class ConnectionRecord:
             "fork_policy": self.fork_policy,
             "open_at_forks": self.open_at_forks,
             "request_id": (self.context or {}).get("request_id"),
+            "idle_s": self.idle_s() if self.state is State.OPEN else None,
+            "thread_alive": self.thread_alive() if self.state is State.OPEN else None,
+            "transaction_started_in": self.transaction_started_in(),
         }
+
+
+def alive_threads() -> dict[int, str]:
+    """Return {identifier: name} of this process's running threads."""
+    # threading.enumerate() holds threading's own list lock only while it copies the list.
+    return {thread.ident: thread.name for thread in threading.enumerate() if thread.ident is not None}
 
 
 def iso_time(ts: float) -> str:

@@ -1,56 +1,66 @@
-"""The line that began a connection's open transaction, for ``connection_lost``.
+"""When and where a connection's open transaction began, for ``connection_lost`` and the watchdog.
 
 When a session is lost inside ``atomic()`` (an idle-in-transaction timeout,
-typically), the line to fix is the ``with transaction.atomic():`` that began
-the transaction, and no stack at the error shows it. ``Atomic.__enter__`` is
-wrapped while conntrace is installed to keep a few raw frames (code objects
-and offsets, never frames) on the ``Atomic`` object itself, which Django
-keeps in ``connection.atomic_blocks`` while the block runs: once per
-transaction or savepoint, never per query.
+typically), or holds a transaction open for minutes, the line to fix is the
+``with transaction.atomic():`` (or ``transaction.set_autocommit(False)``) that
+began the transaction, and no stack at the error shows it. Both begin it the
+same way: the outermost ``atomic()`` turns autocommit off through
+``BaseDatabaseWrapper.set_autocommit(False)``, and turning it back on ends it.
+That method is wrapped while conntrace is installed to keep, on the
+connection's record, the time and a few raw frames (code objects and offsets,
+never frames): once per transaction, never per query or savepoint.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
-from django.db.transaction import Atomic
+from conntrace import lifecycle, patching, process, stacks
+from conntrace.names import State
 
-from conntrace import patching, process, stacks
-
-STACK_ATTR = "_conntrace_entered"
-# Frames kept per atomic entry: the with statement's line is the first or, through
-# a decorator (contextlib's ContextDecorator), the second; a few more name its caller.
-ENTRY_FRAMES = 6
+# Frames kept per transaction: past set_autocommit's callers in Django (Atomic.__enter__,
+# contextlib's ContextDecorator, transaction.set_autocommit), a few more name the caller's callers.
+ENTRY_FRAMES = 8
 
 
 def _wrap(original: Any) -> Any:
-    def __enter__(self: Any) -> None:
-        if process.active:
+    def set_autocommit(self: Any, autocommit: bool, *args: Any, **kwargs: Any) -> Any:
+        if not process.active:
+            return original(self, autocommit, *args, **kwargs)
+        if autocommit:
             try:
-                self.__dict__[STACK_ATTR] = stacks.capture(ENTRY_FRAMES, skip=1)
-            except Exception:
-                pass
-        return original(self)
+                return original(self, autocommit, *args, **kwargs)
+            finally:
+                record = lifecycle.record_of(self)
+                if record is not None:
+                    record.transaction_mono = None
+                    record.transaction_stack = ()
+        result = original(self, autocommit, *args, **kwargs)
+        try:
+            # After the original: it may have opened the session (and its record) first.
+            record = lifecycle.record_of(self)
+            if record is not None and record.state is State.OPEN and record.transaction_mono is None:
+                record.transaction_stack = stacks.capture(ENTRY_FRAMES, skip=1)
+                record.transaction_mono = time.monotonic()
+        except Exception:
+            pass
+        return result
 
-    return __enter__
+    return set_autocommit
 
 
 def install() -> None:
-    """Wrap ``Atomic.__enter__`` once."""
-    patching.wrap("__enter__", _wrap, Atomic)
+    """Wrap ``BaseDatabaseWrapper.set_autocommit`` once."""
+    patching.wrap("set_autocommit", _wrap)
 
 
 def uninstall() -> None:
-    """Restore Django's own ``Atomic.__enter__``."""
-    patching.unwrap("__enter__", Atomic)
+    """Restore Django's own ``set_autocommit``."""
+    patching.unwrap("set_autocommit")
 
 
 def started_in(wrapper: Any) -> Optional[str]:
-    """Return the user's line of the outermost ``atomic()`` open on ``wrapper``, or None outside one."""
-    blocks = getattr(wrapper, "atomic_blocks", None)
-    if not blocks:
-        return None
-    stack = blocks[0].__dict__.get(STACK_ATTR)
-    if not stack:
-        return None
-    return stacks.frame_filter().first_user_frame(stack)
+    """Return the user's line that began the transaction open on ``wrapper``, or None outside one."""
+    record = lifecycle.record_of(wrapper)
+    return record.transaction_started_in() if record is not None else None

@@ -75,6 +75,13 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("SOCKET_CHECK_AFTER_S", float("nan"), "nan", "a number of seconds between 0 and 86400, e.g. 1.0"),
     ("SOCKET_CHECK_AFTER_S", "1", "a str", "a number of seconds between 0 and 86400, e.g. 1.0"),
     ("SOCKET_CHECK_AFTER_S", True, "a boolean", "a number of seconds between 0 and 86400, e.g. 1.0"),
+    ("HELD_WARN_S", -1, "-1", "a number of seconds between 0 and 86400, e.g. 30.0"),
+    ("HELD_WARN_S", "30", "a str", "a number of seconds between 0 and 86400, e.g. 30.0"),
+    ("HELD_WARN_S", None, "None", "a number of seconds between 0 and 86400, e.g. 30.0"),
+    ("IDLE_IN_TRANSACTION_WARN_S", 86401, "86401", "a number of seconds between 0 and 86400, e.g. 10.0"),
+    ("IDLE_IN_TRANSACTION_WARN_S", True, "a boolean", "a number of seconds between 0 and 86400, e.g. 10.0"),
+    ("WATCHDOG_INTERVAL_S", float("inf"), "inf", "a number of seconds between 0 and 86400, e.g. 5.0"),
+    ("WATCHDOG_INTERVAL_S", [5], "a list", "a number of seconds between 0 and 86400, e.g. 5.0"),
 ]
 IDS = {
     "ENABLED": "conntrace.E003",
@@ -85,6 +92,9 @@ IDS = {
     "MAX_RECORDS": "conntrace.E008",
     "FORK_POLICY": "conntrace.E009",
     "SOCKET_CHECK_AFTER_S": "conntrace.E010",
+    "HELD_WARN_S": "conntrace.E011",
+    "IDLE_IN_TRANSACTION_WARN_S": "conntrace.E012",
+    "WATCHDOG_INTERVAL_S": "conntrace.E013",
 }
 
 
@@ -149,7 +159,8 @@ def test_a_setting_that_is_not_a_dict_is_e001(settings, captured, value, what):
     assert error.hint.startswith("Write CONNTRACE = {")
     assert conf.get() == {**conf.DEFAULTS, "HIDE_MODULES": ()}
     assert settings_warnings(captured) == [
-        the_same_words(error, key=None, given=repr(value), used=repr(conf.get()))
+        # Every setting in effect, cut as every value shown is (at checks.SHOWN_CHARS).
+        the_same_words(error, key=None, given=repr(value), used=checks.shown(conf.get()))
     ]
 
 

@@ -63,6 +63,18 @@ def request(port: int, deadline: float, index: int) -> str:
     return kind if expected else f"wrong_body_{kind}"
 
 
+def project_env(settings_module: str, event_log: Path, **extra: str) -> dict[str, str]:
+    """Return the environment of a uvicorn serving ``settings_module``, its events in ``event_log``."""
+    return dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE=settings_module,
+        PYTHONPATH=str(ROOT),
+        CONNTRACE_E2E_DBNAME=DATABASE,
+        CONNTRACE_E2E_LOG=str(event_log),
+        **extra,
+    )
+
+
 @contextmanager
 def serving(env: dict[str, str], server_log: Path) -> Iterator[int]:
     """Run uvicorn with the virtualenv's launcher on a free loopback port; give the port, stop it after."""
@@ -83,13 +95,7 @@ def serving(env: dict[str, str], server_log: Path) -> Iterator[int]:
 def test_every_connection_opened_by_an_async_view_names_the_views_await_line(tmp_path):
     e2e_db.create(DATABASE)
     event_log, server_log = tmp_path / "events.jsonl", tmp_path / "uvicorn.log"
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="tests.e2e.async_settings",
-        PYTHONPATH=str(ROOT),
-        CONNTRACE_E2E_DBNAME=DATABASE,
-        CONNTRACE_E2E_LOG=str(event_log),
-    )
+    env = project_env("tests.e2e.async_settings", event_log)
     with serving(env, server_log) as port, ThreadPoolExecutor(CONCURRENCY) as pool:
         deadline = time.monotonic() + LOAD_DEADLINE_S
         outcomes = Counter(pool.map(lambda i: request(port, deadline, i), range(REQUESTS)))

@@ -427,9 +427,9 @@ def test_install_twice_adds_no_layer_and_uninstall_restores_django_and_psycopg_e
     import psycopg
     from django.db.backends.base.base import BaseDatabaseWrapper
 
-    originals = (psycopg.Connection.close, transaction.Atomic.__enter__)
+    originals = (psycopg.Connection.close, BaseDatabaseWrapper.set_autocommit)
     conntrace.install()
-    assert (psycopg.Connection.close, transaction.Atomic.__enter__) == originals
+    assert (psycopg.Connection.close, BaseDatabaseWrapper.set_autocommit) == originals
     assert isinstance(BaseDatabaseWrapper.__dict__["errors_occurred"], property)
     connection.errors_occurred = True  # kept in the wrapper's own __dict__, where Django keeps it
     conntrace.uninstall()
@@ -437,7 +437,7 @@ def test_install_twice_adds_no_layer_and_uninstall_restores_django_and_psycopg_e
         assert "errors_occurred" not in BaseDatabaseWrapper.__dict__
         assert connection.errors_occurred is True
         connection.errors_occurred = False
-        restored = (psycopg.Connection.close, transaction.Atomic.__enter__)
+        restored = (psycopg.Connection.close, BaseDatabaseWrapper.set_autocommit)
         assert restored == (originals[0]._conntrace_original, originals[1]._conntrace_original)
         assert not hasattr(restored[0], "_conntrace_original")
         assert not hasattr(restored[1], "_conntrace_original")

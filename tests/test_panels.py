@@ -206,7 +206,11 @@ def test_connections_of_other_threads_are_listed_with_their_thread_and_line(tool
     assert other["alias"] == "default"
     assert other["opened_in"].endswith(" in hold_a_connection")
     assert other["pid"] == os.getpid()
-    assert "background-worker" in rendered_panel(served.request_id)
+    assert (other["thread_alive"], other["transaction_started_in"]) == (True, None)
+    assert other["idle_s"] >= 0
+    html = rendered_panel(served.request_id)
+    assert "background-worker" in html
+    assert "Idle" in html and "no transaction" in html and "thread ended" not in html
 
 
 @pytest.mark.postgres

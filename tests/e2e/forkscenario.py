@@ -29,7 +29,7 @@ from typing import Any
 ACTIONS = ("close", "close_all", "query_then_close", "nothing")
 
 
-def _configure(alias: str, policy: str, out_dir: str) -> None:
+def configure(alias: str, policy: str, out_dir: str) -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
     os.environ["CONNTRACE_TEST_FORK_POLICY"] = policy if policy != "off" else "reset"
     import structlog
@@ -114,7 +114,7 @@ def _idle_pool_connections(alias: str) -> list[Any]:
 
 
 def main(alias: str, policy: str, out_dir: str, actions: tuple[str, ...]) -> dict[str, Any]:
-    _configure(alias, policy, out_dir)
+    configure(alias, policy, out_dir)
     from django.db import connection, connections
 
     wrapper = connections[alias]
