@@ -44,7 +44,11 @@ DATABASES = {
     }
 }
 
-CONNTRACE = {"FORK_POLICY": os.environ.get("CONNTRACE_E2E_FORK_POLICY", "reset")}
+CONNTRACE = {
+    "FORK_POLICY": os.environ.get("CONNTRACE_E2E_FORK_POLICY", "reset"),
+    # A test may have the watchdog look often, to show that a healthy application never warns.
+    "WATCHDOG_INTERVAL_S": float(os.environ.get("CONNTRACE_E2E_WATCHDOG_INTERVAL_S", "5")),
+}
 
 # Django's request errors go to stderr (gunicorn's error log), where the end-to-end test counts them.
 LOGGING = {
