@@ -131,3 +131,17 @@ def server_env(settings: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GUNICORN", "UWSGI"))}
     env.update(DJANGO_SETTINGS_MODULE=settings, PYTHONPATH=str(REPO), **extra)
     return env
+
+
+def run_module(
+    module: str, *args: str, timeout: float = 120, python_options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m module args`` from the repository in a fresh interpreter, without the test settings."""
+    return subprocess.run(
+        [sys.executable, *python_options, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+    )

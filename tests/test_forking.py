@@ -29,6 +29,7 @@ from django.test.runner import DiscoverRunner
 import conntrace
 from conntrace import InheritedConnectionError, fork_reports, process, watchdog
 from tests.conftest import named
+from tests.support import run_module
 
 pytestmark = [pytest.mark.django_db(transaction=True, databases=["default", "other", "lite"])]
 
@@ -385,22 +386,12 @@ def test_raise_lets_a_child_close_the_inherited_connection_first(settings):
 
 def run_scenario(tmp_path: Path, alias: str) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
     """Run ``tests/e2e/forkscenario.py`` with the reset policy; return its result, stderr and events."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-W",
-            "always::ResourceWarning",
-            "-m",
-            "tests.e2e.forkscenario",
-            alias,
-            "reset",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+    out = run_module(
+        "tests.e2e.forkscenario",
+        alias,
+        "reset",
+        str(tmp_path),
+        python_options=("-W", "always::ResourceWarning"),
     )
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]

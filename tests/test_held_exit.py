@@ -10,14 +10,12 @@ thread running. A hang would be the subprocess's timeout.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import named
+from tests.support import run_module
 
 pytestmark = pytest.mark.postgres
 
@@ -32,14 +30,7 @@ def marked_line(marker: str, function: str) -> str:
 
 
 def test_a_blocked_holder_is_reported_and_parent_and_forked_child_exit_cleanly(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.heldscenario", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
-    )
+    out = run_module("tests.e2e.heldscenario", str(tmp_path), timeout=60)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     parent, child = result["parent"], result["child"]
