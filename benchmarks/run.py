@@ -34,7 +34,7 @@ from benchmarks import contenders, report, workloads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Operations per sample (one slice of a round) in the full run: a few ms of client CPU each.
-SIZES = {"W1": 20, "W2": 1000, "W2c": 700, "W3a": 10, "W3b": 50}
+SIZES = {"W1": 20, "W2": 1000, "W2c": 700, "W3a": 10, "W3b": 50, "W3t": 10}
 MODES = ("baseline", "quiet", "json")
 FULL = {
     "inprocess_rounds": 84,

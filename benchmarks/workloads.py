@@ -23,6 +23,7 @@ DESCRIPTIONS = {
     "W2c": 'new cursor + execute("SELECT 1") on an open connection (the ORM\'s shape)',
     "W3a": "WSGI request, 3 ORM queries, CONN_MAX_AGE=0",
     "W3b": "WSGI request, 3 ORM queries, CONN_MAX_AGE=60",
+    "W3t": "WSGI request, 3 ORM queries, CONN_MAX_AGE=0, ATOMIC_REQUESTS=True (one transaction)",
 }
 WORKLOADS = tuple(DESCRIPTIONS)
 
@@ -88,18 +89,23 @@ def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any =
     return lambda data: None
 
 
-def _requests(n: int, max_age: int) -> None:
+def _requests(n: int, max_age: int, atomic: bool = False) -> None:
     global _handler
     if _handler is None:
         from django.core.handlers.wsgi import WSGIHandler
 
         _handler = WSGIHandler()
     handler = _handler
-    connections["default"].settings_dict["CONN_MAX_AGE"] = max_age
-    for _ in range(n):
-        response = handler(_environ(), _start_response)
-        b"".join(response)
-        response.close()  # request_finished: close_old_connections() runs here
+    settings = connections["default"].settings_dict  # the same dict the handler reads ATOMIC_REQUESTS from
+    settings["CONN_MAX_AGE"] = max_age
+    settings["ATOMIC_REQUESTS"] = atomic
+    try:
+        for _ in range(n):
+            response = handler(_environ(), _start_response)
+            b"".join(response)
+            response.close()  # request_finished: close_old_connections() runs here
+    finally:
+        settings["ATOMIC_REQUESTS"] = False
 
 
 def run_w3a(n: int) -> None:
@@ -112,12 +118,18 @@ def run_w3b(n: int) -> None:
     _requests(n, 60)
 
 
+def run_w3t(n: int) -> None:
+    """Serve ``n`` requests as W3a does, each inside one transaction (ATOMIC_REQUESTS)."""
+    _requests(n, 0, atomic=True)
+
+
 RUNNERS: dict[str, Callable[[int], None]] = {
     "W1": run_w1,
     "W2": run_w2,
     "W2c": run_w2c,
     "W3a": run_w3a,
     "W3b": run_w3b,
+    "W3t": run_w3t,
 }
 
 

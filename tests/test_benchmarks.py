@@ -137,7 +137,7 @@ def test_the_call_counter_sees_conntrace_when_it_runs(per_query_calls):
 
 
 EXPECTED_CONTENDERS = {"baseline", "do-nothing", "conntrace-quiet", "conntrace-json", "sentry", "otel"}
-WORKLOADS = {"W1", "W2", "W2c", "W3a", "W3b"}
+WORKLOADS = {"W1", "W2", "W2c", "W3a", "W3b", "W3t"}
 
 
 @pytest.fixture(scope="module")
