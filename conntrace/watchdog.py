@@ -11,9 +11,10 @@ The thread only reads records (a copy of the registry's live dict: single
 reads of attributes, atomic under the GIL) and emits; it never touches a
 connection or the database and takes no lock the application can hold. It is
 started at the first connect while conntrace is installed (a receiver of
-Django's ``connection_created`` that disconnects itself), stopped by
-``uninstall()`` and at interpreter exit (a daemon, woken by an event: no hang),
-and started again in a forked child at its first safe point (threads do not
+Django's ``connection_created`` that disconnects itself), stopped at
+interpreter exit (a daemon, woken by an event: no hang) and by
+``WATCHDOG_INTERVAL_S=0`` (``uninstall()`` leaves it asleep and inert), and
+started again in a forked child at its first safe point (threads do not
 cross ``fork()``).
 """
 
@@ -65,9 +66,14 @@ def arm() -> None:
 
 
 def disarm() -> None:
-    """Stop the watchdog and forget the pending start (``uninstall()``)."""
+    """Forget the pending start (``uninstall()``); a running watchdog sleeps on, doing nothing.
+
+    Stopping it there would make every install/uninstall cycle (test suites, the
+    benchmark's paired samples) start a thread at its next connect: in the
+    benchmark's in-process W1 that was a tenth of the time. It ends at exit, and
+    when ``WATCHDOG_INTERVAL_S`` becomes 0.
+    """
     connection_created.disconnect(dispatch_uid=CONNECTED_UID)
-    stop()
 
 
 def _on_connection_created(**kwargs: Any) -> None:
@@ -132,7 +138,8 @@ def _run(stop_event: threading.Event) -> None:
         if interval <= 0 or stop_event.wait(interval):
             return
         try:
-            check()
+            if process.active:
+                check()
         except Exception as exc:
             events.internal_error("watchdog", exc)
 
