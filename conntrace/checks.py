@@ -67,12 +67,14 @@ def warning_fields(problem: conf.Problem, redact: Redact) -> dict[str, Any]:
     ``1`` differ, and a JSON renderer gets a string whatever the value was.
     """
     key = problem.key if problem.key is None or isinstance(problem.key, str) else shown(problem.key)
+    # null only for an unknown key nothing resembles; a key whose default is None shows 'None'.
+    nothing_used = problem.key not in conf.BY_KEY and problem.used is None
     fields = {
         "check_id": problem.check_id,
         "key": None if key is None else redact(key),
         "problem": redact(message(problem)),
         "given": redact(shown(problem.given)),
-        "used": None if problem.used is None else redact(shown(problem.used)),
+        "used": None if nothing_used else redact(shown(problem.used)),
         "hint": redact(hint(problem)),
     }
     if problem.check_id == conf.UNKNOWN_KEY:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -92,6 +93,18 @@ _non_empty_str = _typed(str, then=_non_empty)
 _policy = _typed(str, then=_one_of(tuple(Policy)))
 _seconds = _typed(int, float, then=_between(0, 86400))
 
+
+def _catchable_signal(value: Any) -> Optional[str]:
+    """Accept None (off) or the name of a signal a handler can be installed for."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return kind_of(value)
+    if value not in signal.Signals.__members__ or value in ("SIGKILL", "SIGSTOP"):
+        return repr(value)
+    return None
+
+
 # One row per line, a table to read (ruff format would unfold them).
 # fmt: off
 SETTINGS: tuple[Setting, ...] = (
@@ -122,6 +135,10 @@ SETTINGS: tuple[Setting, ...] = (
     # How often the watchdog thread looks for held connections; 0 turns it off.
     Setting("WATCHDOG_INTERVAL_S", 5.0, "a number of seconds between 0 and 86400, e.g. 5.0", _seconds,
             "E013"),
+    # Record OpenTelemetry metrics (the conntrace[otel] extra) through the application's meter provider.
+    Setting("METRICS", False, "True or False", _typed(bool), "E014"),
+    # A signal that makes the process log what it holds (conntrace.live()) as one event; None: off.
+    Setting("LIVE_SIGNAL", None, 'None, or a signal name such as "SIGUSR2"', _catchable_signal, "E015"),
 )
 # fmt: on
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Run conntrace's whole test suite on a fresh machine.
 #
-# Installs what the tests need (PostgreSQL 15, pgbouncer, Chromium) when missing,
+# Installs what the tests need (PostgreSQL 15, pgbouncer, Chromium, Prometheus) when missing,
 # creates a virtualenv in .venv with the project and its dev extras, then runs:
 #   1. every test with psycopg 3 (plus SQLite),
 #   2. the driver tests again with psycopg2 (psycopg 3 hidden from Django),
 #   3. the structlog-facing tests again on the oldest structlog conntrace supports.
-# The tests start their own PostgreSQL / pgbouncer / gunicorn / Chromium.
+# The tests start their own PostgreSQL / pgbouncer / gunicorn / Chromium / Prometheus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +14,7 @@ need_apt=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

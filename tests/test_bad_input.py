@@ -82,6 +82,11 @@ BAD_VALUES: list[tuple[str, Any, str, str]] = [
     ("IDLE_IN_TRANSACTION_WARN_S", True, "a boolean", "a number of seconds between 0 and 86400, e.g. 10.0"),
     ("WATCHDOG_INTERVAL_S", float("inf"), "inf", "a number of seconds between 0 and 86400, e.g. 5.0"),
     ("WATCHDOG_INTERVAL_S", [5], "a list", "a number of seconds between 0 and 86400, e.g. 5.0"),
+    ("METRICS", "yes", "a str", "True or False"),
+    ("METRICS", 1, "an int", "True or False"),
+    ("LIVE_SIGNAL", "SIGKILL", "'SIGKILL'", 'None, or a signal name such as "SIGUSR2"'),
+    ("LIVE_SIGNAL", "usr2", "'usr2'", 'None, or a signal name such as "SIGUSR2"'),
+    ("LIVE_SIGNAL", 12, "an int", 'None, or a signal name such as "SIGUSR2"'),
 ]
 IDS = {
     "ENABLED": "conntrace.E003",
@@ -95,6 +100,8 @@ IDS = {
     "HELD_WARN_S": "conntrace.E011",
     "IDLE_IN_TRANSACTION_WARN_S": "conntrace.E012",
     "WATCHDOG_INTERVAL_S": "conntrace.E013",
+    "METRICS": "conntrace.E014",
+    "LIVE_SIGNAL": "conntrace.E015",
 }
 
 
