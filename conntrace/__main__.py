@@ -1,4 +1,4 @@
-"""Command line: ``python -m conntrace preflight MODULE[:ATTR] [--json]``."""
+"""Command line: ``python -m conntrace preflight [MODULE[:ATTR]] [--json] [-c GUNICORN_CONFIG] ...``."""
 
 from __future__ import annotations
 
@@ -20,12 +20,14 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "Import a WSGI/ASGI application the way a preloading server (gunicorn --preload, uWSGI "
             "without lazy-apps) does, and list every database connection left open: each would be "
-            "shared by every worker. Exit status: 0 none, 1 some, 2 the application could not be loaded."
+            "shared by every worker. Without MODULE[:ATTR]: settings.WSGI_APPLICATION "
+            "(DJANGO_SETTINGS_MODULE must be set). Exit status: 0 none, 1 some, 2 the application could "
+            "not be loaded."
         ),
     )
     preflight.add_arguments(check)
     args = parser.parse_args(argv)
-    return preflight.run(args.target, as_json=args.json)
+    return preflight.run_options(vars(args))
 
 
 if __name__ == "__main__":

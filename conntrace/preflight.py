@@ -2,9 +2,13 @@
 
 A connection still open once the application is imported is inherited by
 every worker that gunicorn ``--preload`` or uWSGI (without ``lazy-apps``)
-forks. Used by ``python -m conntrace preflight MODULE[:ATTR]`` and by the
-``conntrace_preflight`` management command. Exit status: 0 clean, 1 open
-connections found, 2 the target could not be loaded (one line, no traceback).
+forks. Used by ``python -m conntrace preflight [MODULE[:ATTR]]`` and by the
+``conntrace_preflight`` management command. Without a target it checks
+``settings.WSGI_APPLICATION``. With a gunicorn config it also runs the hooks the
+master runs before forking (``prefork``), so that the fix recommended here
+counts; with uWSGI's ``lazy-apps`` there is nothing to check. Exit status: 0
+clean, 1 open connections found, 2 the target could not be loaded (one line, no
+traceback).
 """
 
 from __future__ import annotations
@@ -18,7 +22,18 @@ import sys
 import traceback
 from typing import Any, TextIO
 
-from conntrace import conf, drivers, events, instrument, lifecycle, process, psycopg_pools, records, stacks
+from conntrace import (
+    conf,
+    drivers,
+    events,
+    instrument,
+    lifecycle,
+    prefork,
+    process,
+    psycopg_pools,
+    records,
+    stacks,
+)
 
 EXIT_CLEAN = 0
 EXIT_OPEN = 1
@@ -32,7 +47,14 @@ ADVICE = (
     "AppConfig.ready()), or close connections before the fork: end the preloaded module with\n"
     "django.db.connections.close_all() (with a psycopg pool, also connections[alias].close_pool():\n"
     "closing only returns a connection to its pool), or do not preload (gunicorn without --preload,\n"
-    "uWSGI with lazy-apps = true)."
+    "uWSGI with lazy-apps = true). If your gunicorn config already closes them in pre_fork, give it\n"
+    "to this check: --gunicorn-config gunicorn.conf.py."
+)
+SETTINGS_SOURCE = "settings.WSGI_APPLICATION"
+CONFIG_SOURCE = "wsgi_app of the gunicorn config"
+NO_TARGET = (
+    "no application given and no settings to read WSGI_APPLICATION from "
+    "(set DJANGO_SETTINGS_MODULE, or name it: mysite.wsgi:application)"
 )
 
 
@@ -44,36 +66,95 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the preflight arguments (shared by the CLI and the management command)."""
     parser.add_argument(
         "target",
+        nargs="?",
         metavar="MODULE[:ATTR]",
-        help=f"the application as the server gets it, e.g. mysite.wsgi:application (ATTR: {DEFAULT_ATTR})",
+        help=(
+            "the application as the server gets it, e.g. mysite.wsgi:application (ATTR: "
+            f"{DEFAULT_ATTR}); default: the gunicorn config's wsgi_app, else {SETTINGS_SOURCE}"
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "-c",
+        "--gunicorn-config",
+        metavar="CONFIG",
+        help="gunicorn's config (a path, file:PATH or python:MODULE): run its on_starting, when_ready "
+        "and pre_fork hooks after loading the application, as gunicorn's master does before forking",
+    )
+    parser.add_argument(
+        "--uwsgi-lazy-apps",
+        action="store_true",
+        help="uWSGI runs with lazy-apps: each worker loads the application itself, nothing to check",
+    )
+    parser.add_argument(
+        "--uwsgi-ini", metavar="INI", help="uWSGI's ini file: nothing to check when it sets lazy-apps"
+    )
+
+
+def run_options(options: dict[str, Any], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run with the parsed arguments of ``add_arguments`` (the CLI's and the command's)."""
+    return run(
+        options["target"],
+        as_json=options["json"],
+        stdout=stdout,
+        stderr=stderr,
+        gunicorn_config=options["gunicorn_config"],
+        uwsgi_lazy_apps=options["uwsgi_lazy_apps"],
+        uwsgi_ini=options["uwsgi_ini"],
+    )
 
 
 def run(
-    target: str, as_json: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None
+    target: str | None = None,
+    as_json: bool = False,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    *,
+    gunicorn_config: str | None = None,
+    uwsgi_lazy_apps: bool = False,
+    uwsgi_ini: str | None = None,
 ) -> int:
-    """Import ``target``, report the connections it left open, and return the exit status."""
+    """Import ``target``, run the server's pre-fork hooks, report what is left open; return the status."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    report: dict[str, Any] = {"target": target}
     try:
         # Whatever the application prints while it loads goes to stderr: stdout carries the report.
         with contextlib.redirect_stdout(getattr(err, "_out", err)):
+            if uwsgi_lazy_apps or (uwsgi_ini and prefork.uwsgi_lazy_apps(uwsgi_ini)):
+                report |= {"clean": True, "open_connections": [], "lazy_apps": True}
+                return _done(out, report, as_json)
             _start_tracing()
-            _load(target)
+            _put_cwd_on_path()
+            config = prefork.load_gunicorn_config(gunicorn_config) if gunicorn_config else None
+            target, source = _choose_target(target, config)
+            report["target"] = target
+            if source:
+                _say(err, f"conntrace preflight: checking {target} ({source})")
+            app = _load(target)
             _settings_changed()
+            if config is not None:
+                report["gunicorn_hooks"] = prefork.run_gunicorn_hooks(config, gunicorn_config, app)
             found = open_connections()
-    except PreflightError as exc:
-        reason = events.redact(str(exc))
+    except (PreflightError, prefork.ConfigError) as exc:
+        reason = events.redact(_reason(exc))
         _say(err, f"conntrace preflight: {reason}")
         if as_json:
-            _say(out, json.dumps({"target": target, "error": reason}))
+            _say(out, json.dumps({"target": report["target"], "error": reason}))
         return EXIT_ERROR
-    if as_json:
-        _say(out, json.dumps({"target": target, "clean": not found, "open_connections": found}, indent=2))
-    else:
-        _say(out, _text(target, found))
-    return EXIT_OPEN if found else EXIT_CLEAN
+    report |= {"clean": not found, "open_connections": found}
+    return _done(out, report, as_json)
+
+
+def _done(out: TextIO, report: dict[str, Any], as_json: bool) -> int:
+    _say(out, json.dumps(report, indent=2) if as_json else _text(report))
+    return EXIT_CLEAN if report["clean"] else EXIT_OPEN
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, prefork.ConfigError) and exc.__cause__ is not None:
+        return _failure(exc.doing, exc.__cause__)
+    return str(exc)
 
 
 def _say(stream: TextIO, text: str) -> None:
@@ -102,14 +183,38 @@ def _settings_changed() -> None:
         stacks.reset_filter()
 
 
+def _put_cwd_on_path() -> None:
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)  # as gunicorn does
+
+
+def _choose_target(target: str | None, config: dict[str, Any] | None) -> tuple[str, str | None]:
+    """Return the application to check and, when the user named none, where it was found."""
+    if target is not None:  # even "": that is a mistake to name, not a request for the default
+        return target, None
+    configured = prefork.gunicorn_app(config) if config is not None else None
+    if configured:
+        return configured, CONFIG_SOURCE
+    from django.conf import ENVIRONMENT_VARIABLE, settings
+
+    if not settings.configured and not os.environ.get(ENVIRONMENT_VARIABLE):
+        raise PreflightError(NO_TARGET)
+    try:
+        dotted = settings.WSGI_APPLICATION
+    except (Exception, SystemExit) as exc:
+        raise PreflightError(_failure(f"reading {SETTINGS_SOURCE}", exc)) from None
+    if not isinstance(dotted, str) or "." not in dotted:
+        raise PreflightError(f"no application given and {SETTINGS_SOURCE} is {dotted!r}: name it")
+    module_name, _, attr = dotted.rpartition(".")
+    return f"{module_name}:{attr}", SETTINGS_SOURCE
+
+
 def _load(target: str) -> Any:
     module_name, colon, attr = target.partition(":")
     if not module_name or (colon and not attr):
         raise PreflightError(f"{target!r} is not MODULE[:ATTR], e.g. mysite.wsgi:application")
     attr = attr or DEFAULT_ATTR
-    cwd = os.getcwd()
-    if "" not in sys.path and cwd not in sys.path:
-        sys.path.insert(0, cwd)  # as gunicorn does
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -117,9 +222,9 @@ def _load(target: str) -> Any:
             raise PreflightError(
                 f"no module named {module_name!r} (run this from the directory your server starts in)"
             ) from None
-        raise PreflightError(_import_failure(module_name, exc)) from None
+        raise PreflightError(_failure(f"importing {module_name!r}", exc)) from None
     except (Exception, SystemExit) as exc:
-        raise PreflightError(_import_failure(module_name, exc)) from None
+        raise PreflightError(_failure(f"importing {module_name!r}", exc)) from None
     app: Any = module
     for part in attr.split("."):
         try:
@@ -133,7 +238,7 @@ def _load(target: str) -> Any:
     return app
 
 
-def _import_failure(module_name: str, exc: BaseException) -> str:
+def _failure(doing: str, exc: BaseException) -> str:
     try:
         message = str(exc).strip().splitlines()
     except Exception:  # an exception whose __str__ raises still gets its one line
@@ -144,7 +249,7 @@ def _import_failure(module_name: str, exc: BaseException) -> str:
         last = frames[-1]
         where = f" (at {stacks.frame_filter().short_path(last.filename)}:{last.lineno})"
     detail = f": {message[0]}" if message else ""
-    return f"importing {module_name!r} raised {type(exc).__name__}{detail}{where}"
+    return f"{doing} raised {type(exc).__name__}{detail}{where}"
 
 
 # --------------------------------------------------------------------------- what is open
@@ -205,11 +310,22 @@ def _untracked(tracked: list[records.ConnectionRecord]) -> list[dict[str, Any]]:
     return found
 
 
-def _text(target: str, found: list[dict[str, Any]]) -> str:
+def _text(report: dict[str, Any]) -> str:
+    target, found = report["target"], report["open_connections"]
+    if report.get("lazy_apps"):
+        what = target or "the application"
+        return (
+            f"conntrace preflight: uWSGI with lazy-apps loads {what} in each worker, after the fork: "
+            "no connection crosses it, nothing to check."
+        )
+    doing = f"importing {target}"
+    hooks = report.get("gunicorn_hooks")
+    if hooks:
+        doing += f" and running gunicorn's {', '.join(hooks)}"
     if not found:
-        return f"conntrace preflight: importing {target} left no database connection open: safe to preload."
+        return f"conntrace preflight: {doing} left no database connection open: safe to preload."
     count = f"{len(found)} database connection{'s' if len(found) > 1 else ''}"
-    lines = [f"conntrace preflight: importing {target} left {count} open.", ""]
+    lines = [f"conntrace preflight: {doing} left {count} open.", ""]
     for entry in found:
         kind = ", idle in its pool" if entry.get("pooled_idle") else ""
         where = entry["opened_in"] or entry.get("note") or "unknown"

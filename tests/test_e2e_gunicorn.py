@@ -146,10 +146,30 @@ def test_preloaded_workers_fail_without_the_reset_and_never_with_it(bouncer, tmp
 
 
 def test_the_documented_gunicorn_fix_works_without_conntrace(bouncer, tmp_path):
-    """docs/fork-safety.md: close connections in the master's pre_fork hook (tests/e2e/gunicorn_conf.py)."""
+    """The README's pre_fork hook (tests/e2e/gunicorn_conf.py): close connections in the master."""
     fixed = serve_and_load(
         bouncer, tmp_path, installed=False, policy="reset", config="python:tests.e2e.gunicorn_conf"
     )
     print(f"\nwithout conntrace, pre_fork closes: {fixed.summary()}")
     assert fixed.outcomes == Counter(ok=REQUESTS)
     assert fixed.server_errors == 0
+
+
+def test_preflight_passes_the_documented_fix_and_gunicorn_agrees(bouncer, tmp_path):
+    """Preflight with the config exits 0; gunicorn with it forks no connection (FORK_POLICY warn)."""
+    config = "python:tests.e2e.gunicorn_conf"
+    env = server_env("tests.e2e.settings")
+    preflight = [sys.executable, "-m", "conntrace", "preflight", "tests.e2e.wsgi"]
+    without = subprocess.run(preflight, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    fixed = subprocess.run(
+        [*preflight, "-c", config], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert (without.returncode, fixed.returncode) == (1, 0), fixed.stdout + fixed.stderr
+
+    served = serve_and_load(bouncer, tmp_path, installed=True, policy="warn", config=config)
+    print(f"\nFORK_POLICY warn, pre_fork closes: {served.summary()}")
+    assert served.outcomes == Counter(ok=REQUESTS)
+    assert served.server_errors == 0
+    assert len(served.worker_pids) == WORKERS
+    for event in ("connection_open_at_fork", "connection_fork_inherited", "connection_inherited_used"):
+        assert not named(served.events, event)

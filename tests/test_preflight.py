@@ -31,9 +31,11 @@ def e2e_database() -> None:
     e2e_db.create()
 
 
-def run(*args: str, command: str = "cli") -> subprocess.CompletedProcess[str]:
+def run(*args: str, command: str = "cli", settings: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the preflight as a user would, from the project's directory, and check no secret leaks."""
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
+    if settings:
+        env["DJANGO_SETTINGS_MODULE"] = settings
     if command == "cli":
         argv = [sys.executable, "-m", "conntrace", "preflight", *args]
     else:
@@ -149,3 +151,156 @@ def test_the_management_command_exits_2_on_a_bad_target():
     out = run("tests.e2e.no_such_module", command="manage.py")
     assert out.returncode == 2
     assert "conntrace preflight: no module named 'tests.e2e.no_such_module'" in out.stderr
+
+
+# --------------------------------------------------------------------------- the default target
+
+
+def test_without_a_target_the_command_checks_settings_wsgi_application():
+    out = run(command="manage.py")
+    assert out.returncode == 1, out.stderr
+    assert "conntrace preflight: checking tests.e2e.wsgi:application (settings.WSGI_APPLICATION)" in (
+        out.stderr.splitlines()
+    )
+    assert out.stdout.splitlines()[0] == (
+        "conntrace preflight: importing tests.e2e.wsgi:application left 1 database connection open."
+    )
+
+
+def test_without_a_target_the_cli_reads_django_settings_module():
+    out = run("--json", settings="tests.e2e.clean_settings")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "target": "tests.e2e.clean_wsgi:application",
+        "clean": True,
+        "open_connections": [],
+    }
+    assert "(settings.WSGI_APPLICATION)" in out.stderr
+
+
+def test_without_a_target_or_settings_the_cli_says_so_in_one_line():
+    out = run()
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        "conntrace preflight: no application given and no settings to read WSGI_APPLICATION from "
+        "(set DJANGO_SETTINGS_MODULE, or name it: mysite.wsgi:application)"
+    ]
+
+
+# --------------------------------------------------------------------------- the fixes it recommends
+
+
+def readme_pre_fork_hook() -> str:
+    """Return the gunicorn config the README gives (its ``pre_fork`` hook), as written there."""
+    text = (ROOT / "README.md").read_text()
+    [block] = [b for b in text.split("```python\n")[1:] if b.startswith("# gunicorn.conf.py")]
+    return block.split("```")[0]
+
+
+def test_the_readme_pre_fork_hook_is_the_end_to_end_projects_config():
+    """tests/test_e2e_gunicorn.py serves with tests/e2e/gunicorn_conf.py: the README's block as written."""
+    assert readme_pre_fork_hook() in (ROOT / "tests/e2e/gunicorn_conf.py").read_text()
+
+
+def test_the_readme_pre_fork_hook_makes_preflight_pass(tmp_path):
+    config = tmp_path / "gunicorn.conf.py"
+    config.write_text(readme_pre_fork_hook())
+    out = run("tests.e2e.wsgi", "--gunicorn-config", str(config))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == (
+        "conntrace preflight: importing tests.e2e.wsgi and running gunicorn's pre_fork left no database "
+        "connection open: safe to preload."
+    )
+    # The same project without the hook fails, and a config without pre_fork changes nothing.
+    assert run("tests.e2e.wsgi").returncode == 1
+    (tmp_path / "plain.conf.py").write_text("workers = 4\n")
+    out = run("tests.e2e.wsgi", "-c", str(tmp_path / "plain.conf.py"), "--json")
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    assert report["gunicorn_hooks"] == []
+    assert [e["opened_in"] for e in report["open_connections"]] == [IMPORT_TIME_LINE]
+
+
+def test_hooks_run_in_gunicorn_order_with_a_server_and_a_worker(tmp_path):
+    """on_starting(arbiter), when_ready(arbiter), pre_fork(arbiter, worker), as gunicorn calls them."""
+    calls = tmp_path / "calls.json"
+    (tmp_path / "gunicorn.conf.py").write_text(
+        "import json, os\n"
+        "wsgi_app = 'tests.e2e.clean_wsgi:application'\n"
+        "seen = []\n"
+        "def on_starting(server):\n"
+        "    server.log.info('starting'); seen.append(['on_starting', server.pid == os.getpid()])\n"
+        "def when_ready(server):\n"
+        "    seen.append(['when_ready', callable(server.app)])\n"
+        "def pre_fork(server, worker):\n"
+        "    seen.append(['pre_fork', worker.age, worker.pid,\n"
+        "                 worker.ppid == server.pid, server.cfg.workers])\n"
+        f"    open({str(calls)!r}, 'w').write(json.dumps(seen))\n"
+        "workers = 3\n"
+    )
+    out = run("-c", f"file:{tmp_path / 'gunicorn.conf.py'}", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["gunicorn_hooks"] == ["on_starting", "when_ready", "pre_fork"]
+    assert json.loads(out.stdout)["target"] == "tests.e2e.clean_wsgi:application"
+    assert "(wsgi_app of the gunicorn config)" in out.stderr
+    assert json.loads(calls.read_text()) == [
+        ["on_starting", True],
+        ["when_ready", True],
+        ["pre_fork", 1, "[booting]", True, 3],
+    ]
+
+
+def test_a_hook_that_raises_exits_2_with_one_line(tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text("def when_ready(server):\n    raise RuntimeError('no')\n")
+    out = run("tests.e2e.clean_wsgi", "-c", str(tmp_path / "gunicorn.conf.py"))
+    assert out.returncode == 2
+    [line] = out.stderr.splitlines()
+    assert line.startswith(
+        f"conntrace preflight: when_ready of gunicorn config '{tmp_path / 'gunicorn.conf.py'}' raised "
+        "RuntimeError: no (at "
+    )
+    out = run("tests.e2e.clean_wsgi", "-c", str(tmp_path / "missing.py"))
+    assert (out.returncode, out.stderr.strip()) == (
+        2,
+        f"conntrace preflight: gunicorn config '{tmp_path / 'missing.py'}' does not exist",
+    )
+
+
+def test_a_connection_closed_at_the_end_of_the_preloaded_module_passes():
+    out = run("tests.e2e.closing_wsgi")
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.strip().endswith("left no database connection open: safe to preload.")
+
+
+@pytest.mark.parametrize(
+    ("ini", "lazy"),
+    [
+        ("[uwsgi]\nmodule = tests.e2e.wsgi:application\nlazy-apps = true\n", True),
+        ("[uwsgi]\nlazy-apps\n", True),
+        ("[uwsgi]\nlazy = 1\n", True),
+        ("[uwsgi]\nlazy-apps = false\nmaster = true\n", False),
+        ("[uwsgi]\nmaster = true\n", False),
+    ],
+)
+def test_uwsgi_lazy_apps_means_nothing_to_check(tmp_path, ini, lazy):
+    (tmp_path / "uwsgi.ini").write_text(ini)
+    out = run("tests.e2e.wsgi", "--uwsgi-ini", str(tmp_path / "uwsgi.ini"))
+    if lazy:
+        assert out.returncode == 0, out.stdout
+        assert out.stdout.strip() == (
+            "conntrace preflight: uWSGI with lazy-apps loads tests.e2e.wsgi in each worker, after the fork: "
+            "no connection crosses it, nothing to check."
+        )
+    else:
+        assert out.returncode == 1, out.stdout  # loaded in the master: the import-time query counts
+
+
+def test_the_uwsgi_lazy_apps_flag_says_the_same_in_json():
+    out = run("tests.e2e.wsgi", "--uwsgi-lazy-apps", "--json")
+    assert out.returncode == 0
+    assert json.loads(out.stdout) == {
+        "target": "tests.e2e.wsgi",
+        "clean": True,
+        "open_connections": [],
+        "lazy_apps": True,
+    }

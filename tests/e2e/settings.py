@@ -22,6 +22,7 @@ DEBUG = False
 USE_TZ = True
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "tests.e2e.urls"
+WSGI_APPLICATION = "tests.e2e.wsgi.application"
 MIDDLEWARE: list[str] = []
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 

@@ -1,4 +1,4 @@
-"""``manage.py conntrace_preflight MODULE[:ATTR]``: the preflight check as a management command."""
+"""``manage.py conntrace_preflight [MODULE[:ATTR]]``: the preflight check as a management command."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from conntrace import preflight
 class Command(BaseCommand):
     help = (
         "Import a WSGI/ASGI application the way a preloading server does and list the database "
-        "connections it leaves open (exit status 1 if any, 2 if it cannot be loaded)."
+        "connections it leaves open (exit status 1 if any, 2 if it cannot be loaded). Without "
+        "MODULE[:ATTR]: settings.WSGI_APPLICATION."
     )
     requires_system_checks: list[str] = []
 
@@ -21,8 +22,6 @@ class Command(BaseCommand):
         preflight.add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        status = preflight.run(
-            options["target"], as_json=options["json"], stdout=self.stdout, stderr=self.stderr
-        )
+        status = preflight.run_options(options, stdout=self.stdout, stderr=self.stderr)
         if status:
             sys.exit(status)
