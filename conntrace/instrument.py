@@ -18,6 +18,7 @@ from conntrace import (
     direct_closes,
     events,
     forking,
+    live_signal,
     losses,
     observers,
     patching,
@@ -72,6 +73,9 @@ def install() -> bool:
     conf.on_reload(watchdog.restart)
     asgi_check.install()
     process.active = True
+    forking.on_child_started(live_signal.after_fork_in_child)
+    conf.on_reload(live_signal.apply)
+    live_signal.apply()
     if not watchdog.running():
         watchdog.arm()  # started at the next connect
     return True
@@ -91,6 +95,7 @@ def uninstall() -> None:
         celery_signals.task_prerun.disconnect(dispatch_uid=TASK_PRERUN_UID)
     asgi_check.uninstall()
     watchdog.disarm()
+    live_signal.apply()  # not active any more: removes the handler
 
 
 def is_installed() -> bool:

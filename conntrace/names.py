@@ -89,6 +89,8 @@ class Event(Name):
     CONNECTION_CHECKED_OUT = "connection_checked_out"  # debug: a pool lent an existing session
     CONNECTION_HELD_LONG = "connection_held_long"  # warning: checked out or in a transaction too long
     ASGI_PERSISTENT_CONNECTIONS = "asgi_persistent_connections"  # warning: CONN_MAX_AGE under ASGI
+    CONNECTIONS_LIVE = "connections_live"  # info: LIVE_SIGNAL received, what the process holds
+    LIVE_SIGNAL_REFUSED = "conntrace_live_signal_refused"  # warning: the signal is the application's
 
 
 class Cause(Name):

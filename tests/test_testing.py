@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from django.db import connection
 
@@ -40,3 +42,29 @@ def test_anomalies_lists_double_closes_only():
     [anomaly] = tracked.anomalies()
     assert anomaly["outcome"] == "already_closed"
     assert anomaly["closed_by"] == "application"
+
+
+def readme_example() -> str:
+    """Return the README's track_connections example ("In your own tests"), as written there."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [block] = [b for b in text.split("```python\n")[1:] if b.startswith("# test_nightly_report.py")]
+    return block.split("```")[0]
+
+
+def run_example(source: str) -> None:
+    """Run the example's test function, as pytest would inside this django_db(transaction=True) test."""
+    namespace: dict[str, object] = {"__name__": "test_nightly_report"}
+    exec(compile(source, "test_nightly_report.py", "exec"), namespace)
+    namespace["test_nightly_report_leaves_no_connection_open"]()
+
+
+def test_the_readme_example_runs_as_written():
+    run_example(readme_example())
+    assert connection.connection is None  # the report closed it
+
+
+def test_the_readme_example_fails_when_the_code_leaves_its_connection_open():
+    leaky = readme_example().replace("    connections.close_all()\n    return value", "    return value")
+    assert leaky != readme_example()
+    with pytest.raises(AssertionError, match=r"1 connection\(s\) left open: default .* nightly_report"):
+        run_example(leaky)

@@ -5,6 +5,7 @@ Environment:
 database is (default: the test PostgreSQL, database ``conntrace_e2e``);
 ``CONNTRACE_E2E_INSTALLED``: ``0`` leaves conntrace out of ``INSTALLED_APPS``;
 ``CONNTRACE_E2E_FORK_POLICY``: conntrace's ``FORK_POLICY``;
+``CONNTRACE_E2E_LIVE_SIGNAL``: conntrace's ``LIVE_SIGNAL`` (unset: None);
 ``CONNTRACE_E2E_LOG``: a file that receives structlog's events as JSON lines.
 """
 
@@ -49,6 +50,7 @@ CONNTRACE = {
     "FORK_POLICY": os.environ.get("CONNTRACE_E2E_FORK_POLICY", "reset"),
     # A test may have the watchdog look often, to show that a healthy application never warns.
     "WATCHDOG_INTERVAL_S": float(os.environ.get("CONNTRACE_E2E_WATCHDOG_INTERVAL_S", "5")),
+    "LIVE_SIGNAL": os.environ.get("CONNTRACE_E2E_LIVE_SIGNAL") or None,
 }
 
 # Django's request errors go to stderr (gunicorn's error log), where the end-to-end test counts them.
