@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from tests import pgserver
 from tests.e2e import db as e2e_db
+from tests.support import free_port, stop, wait_for
 
 pytestmark = [pytest.mark.postgres]
 
@@ -272,16 +274,17 @@ def test_a_connection_closed_at_the_end_of_the_preloaded_module_passes():
     assert out.stdout.strip().endswith("left no database connection open: safe to preload.")
 
 
-@pytest.mark.parametrize(
-    ("ini", "lazy"),
-    [
-        ("[uwsgi]\nmodule = tests.e2e.wsgi:application\nlazy-apps = true\n", True),
-        ("[uwsgi]\nlazy-apps\n", True),
-        ("[uwsgi]\nlazy = 1\n", True),
-        ("[uwsgi]\nlazy-apps = false\nmaster = true\n", False),
-        ("[uwsgi]\nmaster = true\n", False),
-    ],
-)
+UWSGI_INIS = [
+    ("[uwsgi]\nlazy-apps = true\n", True),
+    ("[uwsgi]\nlazy-apps\n", True),
+    ("[uwsgi]\nlazy = 1\n", True),
+    ("[uwsgi]\nlazy-apps = off\n", False),
+    ("[uwsgi]\nlazy-apps = false\nmaster = true\n", False),
+    ("[uwsgi]\nmaster = true\n", False),
+]
+
+
+@pytest.mark.parametrize(("ini", "lazy"), UWSGI_INIS)
 def test_uwsgi_lazy_apps_means_nothing_to_check(tmp_path, ini, lazy):
     (tmp_path / "uwsgi.ini").write_text(ini)
     out = run("tests.e2e.wsgi", "--uwsgi-ini", str(tmp_path / "uwsgi.ini"))
@@ -293,6 +296,30 @@ def test_uwsgi_lazy_apps_means_nothing_to_check(tmp_path, ini, lazy):
         )
     else:
         assert out.returncode == 1, out.stdout  # loaded in the master: the import-time query counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ini", [ini for ini, _ in UWSGI_INIS])
+def test_uwsgi_itself_agrees_with_the_ini_reading(tmp_path, ini):
+    """Run uWSGI with the ini: the application is imported in the master exactly when preflight checks."""
+    (tmp_path / "uwsgi.ini").write_text(ini)
+    log = tmp_path / "uwsgi.log"
+    command = [
+        str(Path(sys.executable).with_name("uwsgi")), "--ini", str(tmp_path / "uwsgi.ini"), "--master",
+        "--processes", "1", "--http-socket", f"127.0.0.1:{free_port()}", "--module",
+        "tests.e2e.pid_wsgi:application", "--need-app", "--die-on-term",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        server = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: all(word in log.read_text() for word in ("pid_wsgi imported", "uWSGI worker")))
+        finally:
+            stop(server)
+    text = log.read_text()
+    master = int(re.search(r"spawned uWSGI master process \(pid: (\d+)\)", text).group(1))
+    imported_in = int(re.search(r"pid_wsgi imported in (\d+)", text).group(1))
+    lazy = run("tests.e2e.wsgi", "--uwsgi-ini", str(tmp_path / "uwsgi.ini")).returncode == 0
+    assert lazy == (imported_in != master)
 
 
 def test_the_uwsgi_lazy_apps_flag_says_the_same_in_json():
