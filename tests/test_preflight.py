@@ -213,6 +213,10 @@ def test_the_readme_pre_fork_hook_makes_preflight_pass(tmp_path):
         "conntrace preflight: importing tests.e2e.wsgi and running gunicorn's pre_fork left no database "
         "connection open: safe to preload."
     )
+    # The management command reads it too (here with settings.WSGI_APPLICATION as the target).
+    out = run("-c", "python:tests.e2e.gunicorn_conf", command="manage.py")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "running gunicorn's pre_fork left no database connection open" in out.stdout
     # The same project without the hook fails, and a config without pre_fork changes nothing.
     assert run("tests.e2e.wsgi").returncode == 1
     (tmp_path / "plain.conf.py").write_text("workers = 4\n")
