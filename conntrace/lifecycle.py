@@ -82,6 +82,7 @@ def open_record(wrapper: Any) -> records.ConnectionRecord:
         process.fork_gen,
     )
     record.pooled = bool(wrapper.settings_dict.get("OPTIONS", {}).get("pool"))
+    record.opened_request_gen = process.request_gen
     if context_ever_bound():
         snapshot_context(record)
     else:

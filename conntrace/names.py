@@ -166,6 +166,18 @@ class AtRequestEnd(Name):
     KEPT = "kept"
 
 
+class PanelNote(Name):
+    """The panel: badges and lines saying why a connection matters, and when things happened."""
+
+    BEFORE_FIRST_REQUEST = "opened before the first request"  # at import time, in this process
+    OTHER_PROCESS = "opened by another process"
+    SHARED_BY_WORKERS = "a preforking server would share it with every worker; see preflight"
+    INTO_REQUEST = "+{} into the request"
+    BEFORE_REQUEST = "{} before the request"
+    KEPT_FOR_REUSE = "open: kept for reuse (CONN_MAX_AGE)"
+    REQUEST_END_MARK = "request end"
+
+
 class Placeholder(Name):
     """What a field says when what it names does not exist."""
 
@@ -186,5 +198,6 @@ VOCABULARY: tuple[type[Name], ...] = (
     Origin,
     RequestEnd,
     AtRequestEnd,
+    PanelNote,
     Placeholder,
 )

@@ -10,9 +10,18 @@ from __future__ import annotations
 import time
 from typing import Any, Optional
 
-from conntrace import conf, drivers, pool_forensics, process, records
+from conntrace import conf, drivers, panel_timeline, pool_forensics, process, records
 from conntrace import panel_tracking as tracking
-from conntrace.names import WARNING_OUTCOMES, AtRequestEnd, Origin, Outcome, Placeholder, RequestEnd, State
+from conntrace.names import (
+    WARNING_OUTCOMES,
+    AtRequestEnd,
+    Origin,
+    Outcome,
+    PanelNote,
+    Placeholder,
+    RequestEnd,
+    State,
+)
 
 STATS_VERSION = 1
 NO_APPLICATION_FRAME = Placeholder.NO_APPLICATION_FRAME.value
@@ -30,6 +39,7 @@ def build_stats(session: Optional[tracking.Session], request_end: Optional[str] 
             "pools": [],
             "counts": {"opened": 0, "reused": 0, "warnings": 0},
             "request_end": RequestEnd.NONE,
+            "timeline": panel_timeline.build([], 0.0),
         }
     now = time.monotonic()
     downgrade = conf.get()["DOWNGRADE_CLOSE_ERRORS"]
@@ -56,7 +66,12 @@ def build_stats(session: Optional[tracking.Session], request_end: Optional[str] 
             "warnings": sum(e["warnings"] for e in entries),
         },
         "request_end": request_end,
+        "timeline": panel_timeline.build(entries, _ms(now - session.started_mono)),
     }
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
 
 
 def _connection_entry(
@@ -65,6 +80,8 @@ def _connection_entry(
     record = touch.record
     data = record.as_dict()
     for index, close in enumerate(data["closes"]):
+        close["at_ms"] = _ms(record.closes[index].at - session.started_at)
+        close["at_relative"] = panel_timeline.relative(close["at_ms"])
         close["by_django"] = _django_closer(close["stack_full"])
         if close["by_django"] and (close["closed_in"] or "").startswith(NO_APPLICATION_FRAME):
             close["closed_in"] = None  # every frame is Django's or the server's: "by Django's ..." says it
@@ -79,6 +96,10 @@ def _connection_entry(
     data["opened_thread"] = data.pop("thread")
     data["opened_before_s"] = round(max(session.started_mono - record.opened_mono, 0.0), 3)
     data["opened_by_other_process"] = record.pid != process.pid
+    data["opened_ms"] = _ms(record.opened_mono - session.started_mono)
+    data["opened_relative"] = panel_timeline.relative(data["opened_ms"])
+    first_use = record.use_stack_mono
+    data["first_use_ms"] = _ms(first_use - session.started_mono) if first_use is not None else None
     data["driver_closed_by"] = None
     data["at_request_end"] = None
     if record.state == State.OPEN:
@@ -86,7 +107,7 @@ def _connection_entry(
         if wrapper is not None and wrapper.connection is not None:
             data["driver_closed_by"] = _driver_closed_by(wrapper.connection)
             data["at_request_end"] = _fate_at_request_end(wrapper, now)
-    badges, warnings = _badges(data, downgrade)
+    badges, warnings = _badges(data, record, downgrade)
     data["badges"] = badges
     data["warnings"] = warnings
     return data
@@ -122,8 +143,10 @@ def _fate_at_request_end(wrapper: Any, now: float) -> str:
     return AtRequestEnd.KEPT
 
 
-def _badges(data: dict[str, Any], downgrade: bool) -> tuple[list[dict[str, str]], int]:
-    badges: list[dict[str, str]] = []
+def _badges(
+    data: dict[str, Any], record: records.ConnectionRecord, downgrade: bool
+) -> tuple[list[dict[str, Any]], int]:
+    badges: list[dict[str, Any]] = []
     warnings = 0
     outcomes = [close["outcome"] for close in data["closes"]]
     for close in data["closes"]:
@@ -141,11 +164,7 @@ def _badges(data: dict[str, Any], downgrade: bool) -> tuple[list[dict[str, str]]
         badges.append(_badge("abandoned", "abandoned", "its wrapper was garbage-collected while open"))
     if data["inherited"]:
         warnings += 1
-        badges.append(
-            _badge(
-                "fork-inherited", "fork-inherited", f"opened by process {data['opened_by_pid']} before a fork"
-            )
-        )
+    badges.extend(_opened_outside_badges(record))
     if data["driver_closed_by"] and Outcome.ALREADY_CLOSED not in outcomes:
         warnings += 1
         badges.append(
@@ -164,8 +183,26 @@ def _badges(data: dict[str, Any], downgrade: bool) -> tuple[list[dict[str, str]]
     return badges, warnings
 
 
-def _badge(kind: str, label: str, title: str) -> dict[str, str]:
-    return {"kind": kind, "label": label, "title": title}
+def _opened_outside_badges(record: records.ConnectionRecord) -> list[dict[str, Any]]:
+    """Badge a connection opened before this process began any request (at import time) or by another one.
+
+    Such a connection is what a preforking server (gunicorn ``--preload``, uWSGI
+    without ``lazy-apps``) hands to every worker: the badge says why in one line.
+    """
+    why = PanelNote.SHARED_BY_WORKERS.value
+    if record.inherited:
+        title = f"opened by process {record.pid} before a fork"
+        return [_badge("fork-inherited", "fork-inherited", title, why)]
+    if record.pid != process.pid:
+        return [_badge("other-process", PanelNote.OTHER_PROCESS, f"opened by process {record.pid}", why)]
+    if record.opened_request_gen == 0:
+        title = "opened before this process began its first request (at import time or start-up)"
+        return [_badge("before-first-request", PanelNote.BEFORE_FIRST_REQUEST, title, why)]
+    return []
+
+
+def _badge(kind: str, label: str, title: str, why: Optional[str] = None) -> dict[str, Any]:
+    return {"kind": kind, "label": label, "title": title, "why": why}
 
 
 def _other_entry(record: records.ConnectionRecord, now: float) -> dict[str, Any]:
@@ -185,6 +222,7 @@ def _other_entry(record: records.ConnectionRecord, now: float) -> dict[str, Any]
         "opened_stack": record.opened_stack(),
         "opened_stack_full": record.opened_stack_full(),
         "inherited": record.inherited,
+        "badges": _opened_outside_badges(record),
     }
 
 

@@ -53,6 +53,7 @@ class Session:
         # Called at request_finished with this session, to store the stats again.
         self.save = save
         self.started_mono = time.monotonic()
+        self.started_at = time.time()  # wall clock, as close attempts are timed
         # Between the toolbar's stats and request_finished: only this request's closes count.
         self.paused = False
         self.touched: dict[int, Touch] = {}

@@ -24,7 +24,7 @@ from debug_toolbar.panels import Panel
 from django.template import Context, Engine
 
 from conntrace import panel_stats, panel_tracking, process
-from conntrace.names import RequestEnd
+from conntrace.names import PanelNote, RequestEnd
 
 TEMPLATE = "conntrace/panel.html"
 WAIT_FOR_END_S = 1.0  # how long a stored panel waits for the close at the end of its request
@@ -60,6 +60,7 @@ def render(stats: dict[str, Any]) -> str:
     """Render the panel's HTML from its stats (live or read back from the toolbar's store)."""
     context = dict(stats)
     context["subtitle"] = subtitle(stats.get("counts") or {})
+    context["notes"] = {note.name.lower(): note.value for note in PanelNote}
     return _engine().get_template(TEMPLATE).render(Context(context, autoescape=True))
 
 

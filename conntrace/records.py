@@ -88,6 +88,7 @@ class ConnectionRecord:
         "open_at_forks",
         "opened_at",
         "opened_mono",
+        "opened_request_gen",
         "pid",
         "pooled",
         "previous_use_mono",
@@ -139,6 +140,8 @@ class ConnectionRecord:
         self.open_at_forks = 0
         self.context: Optional[dict[str, Any]] = None
         self.context_gen = -1
+        # process.request_gen when it opened: 0 is before this process (or its parent) began any request.
+        self.opened_request_gen = -1
         self.wrapper_ref: Optional[weakref.ref] = None
         # When it was last used (a new cursor) and the time before that, for connection_lost;
         # the line is kept once per request or task (its first use there), with its time.

@@ -21,7 +21,7 @@ from django.core.signals import request_finished
 from django.db import close_old_connections, connection
 from django.test import override_settings
 
-from conntrace import lifecycle, panel_tracking, panels
+from conntrace import lifecycle, panel_timeline, panel_tracking, panels
 from tests import pgserver
 from tests.app.models import Setting
 from tests.panel_views import (
@@ -351,3 +351,60 @@ def test_database_store_writes_are_the_toolbars_not_the_applications(database_st
     assert served.subtitle == "0 opened · 0 reused · 0 warnings"
     assert stored(served.request_id)["connections"] == []
     assert stored(served.request_id)["others"] == []
+
+
+def test_connection_opened_before_the_first_request_gets_a_badge_and_its_reason(
+    toolbar, conn_max_age, monkeypatch
+):
+    """Opened while this process had begun no request (as at import time), then reused by one."""
+    from conntrace import process
+
+    conn_max_age(60)
+    connection.close()
+    monkeypatch.setattr(process, "request_gen", 0)
+    Setting.objects.count()
+    served = serve("/query/")
+    [entry] = stored(served.request_id)["connections"]
+    assert entry["origin"] == "earlier"
+    [badge] = entry["badges"]
+    assert (badge["kind"], badge["label"]) == ("before-first-request", "opened before the first request")
+    assert badge["why"] == "a preforking server would share it with every worker; see preflight"
+    assert entry["opened_relative"].endswith(" before the request")
+    content = rendered_panel(served.request_id)
+    assert "a preforking server would share it with every worker; see preflight" in content
+    # Opened by a request, the next connection gets no such badge.
+    connection.close()
+    [again] = stored(serve("/query/").request_id)["connections"]
+    assert again["badges"] == []
+
+
+def test_timeline_has_a_lane_per_connection_with_its_marks_in_order(toolbar):
+    connection.close()
+    served = serve("/query/")
+    stats = stored(served.request_id)
+    [lane] = stats["timeline"]["lanes"]
+    [entry] = stats["connections"]
+    assert (lane["conn_id"], lane["earlier"], lane["age"]) == (entry["conn_id"], False, None)
+    assert [mark["kind"] for mark in lane["marks"]] == ["opened", "used", "close", "end"]
+    positions = [float(mark["left"]) for mark in lane["marks"]]
+    assert positions == sorted(positions) and positions[0] >= 0 and positions[-1] == 100
+    assert re.fullmatch(r"closed, \+\d+\.\d (ms|s) into the request", lane["marks"][2]["title"])
+    [close] = entry["closes"]
+    assert close["at_relative"] == panel_timeline.relative(close["at_ms"])
+    assert 'class="conntrace-timeline"' in rendered_panel(served.request_id)
+
+
+def test_timeline_draws_a_connection_opened_earlier_from_the_left_edge_with_its_age():
+    entry = {"conn_id": 7, "alias": "default", "state": "open", "opened_ms": -3200.0, "first_use_ms": 2.5}
+    timeline = panel_timeline.build([{**entry, "closes": []}], end_ms=10.0)
+    [lane] = timeline["lanes"]
+    assert (lane["earlier"], lane["age"], lane["bar_left"], lane["bar_width"]) == (
+        True,
+        "3.20 s",
+        "0.00",
+        "100.00",
+    )
+    assert [(m["kind"], m["left"]) for m in lane["marks"]] == [("used", "25.00"), ("end", "100.00")]
+    assert timeline["span"] == "10.0 ms"
+    assert panel_timeline.relative(12.34) == "+12.3 ms into the request"
+    assert panel_timeline.relative(-1500) == "1.50 s before the request"
