@@ -9,7 +9,7 @@
 # (postgres://user:password@host:port/name). Needs Python 3.11+ and the network for pip.
 #
 # Environment: PYTHON (interpreter for the virtualenv, default python3), DEMO_PORT (8000),
-# DEMO_IMPORT_TIME_QUERY=1 (switch on the import-time query), DEMO_PYTHON (use this interpreter
+# DEMO_IMPORT_TIME_QUERY=0 (switch off the import-time query), DEMO_PYTHON (use this interpreter
 # as it is, without creating .venv-demo: for the tests), DEMO_SETUP_ONLY=1 (stop after migrating).
 # Extra arguments go to runserver.
 set -euo pipefail

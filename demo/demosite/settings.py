@@ -4,7 +4,7 @@ Environment variables (all optional):
 
 * ``DATABASE_URL``: ``postgres://user:password@host:port/name`` to use PostgreSQL;
 * ``DEMO_SQLITE_PATH``: where the SQLite database lives (default ``demo/db.sqlite3``);
-* ``DEMO_IMPORT_TIME_QUERY=1``: switch on the classic bug, a query at import time (``shop/featured.py``);
+* ``DEMO_IMPORT_TIME_QUERY=0``: switch off the classic bug, a query at import time (``shop/featured.py``);
 * ``DEMO_TOOLBAR_STORE``: ``memory`` (default, one process) or ``db`` (shared by several worker processes);
 * ``DEMO_FORK_POLICY``: conntrace's ``FORK_POLICY`` (``reset``, ``warn`` or ``raise``);
 * ``DEMO_LOG_LEVEL`` (``debug``, ``info``, ``warning``) and ``DEMO_LOG_FORMAT`` (``console`` or ``json``).

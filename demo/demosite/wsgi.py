@@ -11,6 +11,7 @@ application = get_wsgi_application()
 
 # Warm-up, as many projects do so that workers answer their first request fast: load the
 # URLconf and the views now. Under ``gunicorn --preload`` this runs once, in the master, before
-# it forks the workers: any query a module runs at import time (DEMO_IMPORT_TIME_QUERY=1)
-# leaves a connection open that every worker inherits.
+# it forks the workers, as get_wsgi_application() did (the shop app's ready() runs the demo's
+# import-time query): any query a module runs at import time leaves a connection open that
+# every worker inherits.
 get_resolver().url_patterns  # noqa: B018

@@ -1,7 +1,7 @@
-"""The classic bug, switchable with ``DEMO_IMPORT_TIME_QUERY=1``: a query at import time.
+"""The classic bug, on unless ``DEMO_IMPORT_TIME_QUERY=0``: a query at import time.
 
 ``SITE_NAME`` is read from the database once, when this module is first imported
-(the URLconf imports the views, which import this module). The query opens a
+(the shop app's ``ready()`` imports it, while Django starts). The query opens a
 connection in whatever process and thread imports the module, and nothing
 closes it. Under ``gunicorn --preload`` that is the master, just before it
 forks: every worker inherits the same connection (see ``run-gunicorn.sh``).
@@ -15,7 +15,7 @@ from django.db import DatabaseError
 
 from shop.models import Setting
 
-ENABLED = os.environ.get("DEMO_IMPORT_TIME_QUERY") == "1"
+ENABLED = os.environ.get("DEMO_IMPORT_TIME_QUERY", "1") != "0"
 DEFAULT_NAME = "conntrace demo shop"
 
 

@@ -14,6 +14,7 @@ from django.shortcuts import render
 
 import conntrace
 from shop import featured
+from shop.claims import NOWHERE, OTHER, USED, Claim, latest_ended_record, open_record, outcomes
 from shop.models import Setting
 
 PAGES = [
@@ -40,7 +41,7 @@ PAGES = [
     (
         "import-time",
         "A query at import time",
-        "The classic bug (DEMO_IMPORT_TIME_QUERY=1): a connection opened while importing a module.",
+        "The classic bug: a connection opened while importing a module (on unless DEMO_IMPORT_TIME_QUERY=0).",
     ),
     (
         "thread-leak",
@@ -67,12 +68,17 @@ def index(request: HttpRequest) -> HttpResponse:
 
 def normal(request: HttpRequest) -> HttpResponse:
     settings = list(Setting.objects.order_by("key"))
-    return page(request, "normal", settings=settings)
+    record = open_record("default")
+    claim = Claim("default", USED, record["conn_id"], "request", outcomes=("closed",), closed_by_django=True)
+    return page(request, "normal", settings=settings, claims=[claim])
 
 
 def persistent(request: HttpRequest) -> HttpResponse:
+    reused = connections["persistent"].connection is not None
     count = Setting.objects.using("persistent").count()
-    return page(request, "persistent", count=count)
+    record = open_record("persistent")
+    claim = Claim("persistent", USED, record["conn_id"], "earlier" if reused else "request", open_at_end=True)
+    return page(request, "persistent", count=count, reused=reused, claims=[claim])
 
 
 def double_close(request: HttpRequest) -> HttpResponse:
@@ -81,7 +87,19 @@ def double_close(request: HttpRequest) -> HttpResponse:
     # connection directly. Django still holds it and closes it again when the
     # request ends (CONN_MAX_AGE=0): the close that conntrace reports.
     connection.connection.close()
-    return page(request, "double-close", settings=settings)
+    # The view's own close is seen when the driver's close() is Python code (psycopg 3), not C.
+    record = open_record("default")
+    claim = Claim(
+        "default",
+        USED,
+        record["conn_id"],
+        "request",
+        outcomes=(*outcomes(record), "already_closed"),
+        closed_by_django=True,
+        badge="double-close",
+        badge_label="double close",
+    )
+    return page(request, "double-close", settings=settings, claims=[claim])
 
 
 class FailingClose:
@@ -106,12 +124,45 @@ def close_fails(request: HttpRequest) -> HttpResponse:
     count = Setting.objects.count()
     connection.connection = FailingClose(connection.connection)
     connection.close()  # raises inside the driver; conntrace turns it into a CloseErrorWarning
-    return page(request, "close-fails", count=count, downgraded=connection.connection is None)
+    record = latest_ended_record("default")
+    claim = Claim(
+        "default",
+        USED,
+        record["conn_id"],
+        "request",
+        outcomes=outcomes(record),
+        badge="close-failed",
+        badge_label="close error downgraded",
+    )
+    return page(request, "close-fails", count=count, downgraded=connection.connection is None, claims=[claim])
 
 
 def import_time(request: HttpRequest) -> HttpResponse:
     mine = [r for r in conntrace.live() + conntrace.history() if "featured.py" in (r["opened_in"] or "")]
-    return page(request, "import-time", enabled=featured.ENABLED, records=mine)
+    return page(
+        request, "import-time", enabled=featured.ENABLED, records=mine, claims=_import_time_claims(mine)
+    )
+
+
+def _import_time_claims(records: list[dict[str, Any]]) -> list[Claim]:
+    """Say where the panel shows each import-time connection: open in another thread, or nowhere."""
+    claims = []
+    for record in records:
+        if record["state"] != "open":
+            claims.append(Claim(record["alias"], NOWHERE, record["conn_id"], outcomes=outcomes(record)))
+        else:  # not this thread's: Django closed this thread's own at the request's start (CONN_MAX_AGE=0)
+            claims.append(
+                Claim(
+                    record["alias"],
+                    OTHER,
+                    record["conn_id"],
+                    open_at_end=True,
+                    badge="before-first-request",
+                    badge_label="opened before the first request",
+                    thread=record["thread"],
+                )
+            )
+    return claims
 
 
 def thread_leak(request: HttpRequest) -> HttpResponse:
@@ -126,4 +177,13 @@ def thread_leak(request: HttpRequest) -> HttpResponse:
     name = f"demo-worker-{next(_worker_numbers)}"
     threading.Thread(target=work, name=name, daemon=True).start()
     opened.wait(5)
-    return page(request, "thread-leak", thread_name=name, hold_s=THREAD_HOLD_S, aliases=list(connections))
+    record = open_record("default", thread=name)
+    claim = Claim("default", OTHER, record["conn_id"] if record else None, open_at_end=True, thread=name)
+    return page(
+        request,
+        "thread-leak",
+        thread_name=name,
+        hold_s=THREAD_HOLD_S,
+        aliases=list(connections),
+        claims=[claim],
+    )
