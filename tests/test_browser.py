@@ -206,3 +206,42 @@ def test_timeline_marks_stand_out_in_the_light_and_the_dark_theme(demo_url):
         assert r["bar"] >= 1.5, (theme, r)  # the bar is a backdrop for the marks, not their carrier
     assert colours["light"]["background"] != colours["dark"]["background"]
     assert colours["light"]["close"] != colours["dark"]["close"]
+
+
+LINE_CHECKS = """() => {
+  const doc = document.getElementById("djDebugRoot").shadowRoot || document;
+  const panel = doc.querySelector("#ConnectionsPanel");
+  const top = el => el.getClientRects()[0].top;
+  const text = el => {
+    const range = document.createRange();
+    range.selectNodeContents(el);
+    return range.getBoundingClientRect();
+  };
+  const all = selector => [...panel.querySelectorAll(selector)];
+  return {
+    kept_lines: all(".conntrace-open .conntrace-nowrap").map(s => s.getClientRects().length),
+    in_gaps: all(".conntrace-closed-in").map(d => top(d.querySelector("code")) - top(d)),
+    empty_lines: all(".conntrace-close > div").filter(d => !d.textContent.trim()).length,
+    // From the end of a label's text to the start of its value's.
+    process_gaps: all("table.conntrace-process tr").map(
+      tr => text(tr.querySelector("td")).left - text(tr.querySelector("th")).right),
+  };
+}"""
+
+
+def test_cosmetics_kept_for_reuse_on_one_line_no_orphan_in_values_beside_labels(demo_url):
+    found = {}
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1024, "height": 900})
+        for slug in ("persistent", "persistent", "close-fails"):
+            open_panel(page, f"{demo_url}/{slug}/")
+            found[slug] = page.evaluate(LINE_CHECKS)
+        screenshot(page, "panel-close-fails-1024")
+    print(found)
+    assert found["persistent"]["kept_lines"] == [1]  # "open: kept for reuse (CONN_MAX_AGE)", one line
+    # "in" and the line it names start on the same line (a line is about 18 px).
+    assert found["close-fails"]["in_gaps"] and all(abs(gap) < 6 for gap in found["close-fails"]["in_gaps"])
+    assert found["close-fails"]["empty_lines"] == 0
+    # Values beside their labels: the widest label ("forked child") sets the gap; a table as wide as
+    # the panel put them hundreds of pixels apart.
+    assert found["close-fails"]["process_gaps"] and max(found["close-fails"]["process_gaps"]) < 150
