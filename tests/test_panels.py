@@ -408,3 +408,22 @@ def test_timeline_draws_a_connection_opened_earlier_from_the_left_edge_with_its_
     assert timeline["span"] == "10.0 ms"
     assert panel_timeline.relative(12.34) == "+12.3 ms into the request"
     assert panel_timeline.relative(-1500) == "1.50 s before the request"
+
+
+def test_connection_opened_by_another_process_gets_its_badge_and_its_reason(monkeypatch):
+    """A record whose pid is not this process's, not marked inherited (no fork hook told conntrace)."""
+    from conntrace import panel_stats, records
+    from conntrace.names import Origin, PanelNote
+
+    connection.ensure_connection()
+    [record] = [r for r in records.registry.open_records() if r.thread == threading.current_thread().name]
+    monkeypatch.setattr(record, "pid", record.pid + 1)
+    session = panel_tracking.Session()
+    session.touched[record.conn_id] = panel_tracking.Touch(record, Origin.EARLIER, 0)
+    stats = panel_stats.build_stats(session, request_end="none")
+    [entry] = stats["connections"]
+    assert entry["opened_by_other_process"] is True
+    assert [(b["kind"], b["label"], b["why"]) for b in entry["badges"]] == [
+        ("other-process", "opened by another process", PanelNote.SHARED_BY_WORKERS)
+    ]
+    assert "opened by another process" in panels.render(stats)
