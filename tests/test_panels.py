@@ -394,22 +394,6 @@ def test_timeline_has_a_lane_per_connection_with_its_marks_in_order(toolbar):
     assert 'class="conntrace-timeline"' in rendered_panel(served.request_id)
 
 
-def test_timeline_draws_a_connection_opened_earlier_from_the_left_edge_with_its_age():
-    entry = {"conn_id": 7, "alias": "default", "state": "open", "opened_ms": -3200.0, "first_use_ms": 2.5}
-    timeline = panel_timeline.build([{**entry, "closes": []}], end_ms=10.0)
-    [lane] = timeline["lanes"]
-    assert (lane["earlier"], lane["age"], lane["bar_left"], lane["bar_width"]) == (
-        True,
-        "3.20 s",
-        "0.00",
-        "100.00",
-    )
-    assert [(m["kind"], m["left"]) for m in lane["marks"]] == [("used", "25.00"), ("end", "100.00")]
-    assert timeline["span"] == "10.0 ms"
-    assert panel_timeline.relative(12.34) == "+12.3 ms into the request"
-    assert panel_timeline.relative(-1500) == "1.50 s before the request"
-
-
 def test_connection_opened_by_another_process_gets_its_badge_and_its_reason(monkeypatch):
     """A record whose pid is not this process's, not marked inherited (no fork hook told conntrace)."""
     from conntrace import panel_stats, records
