@@ -58,7 +58,10 @@ def serving_demo(tmp_path: Path, *runserver_args: str, **env: str) -> Iterator[s
         wait_listening(port, server, timeout=60, name="the demo", output=log_path.read_text)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # run.sh exec'd runserver: its group is the demo's
+        try:
+            os.killpg(server.pid, signal.SIGTERM)  # run.sh exec'd runserver: its group is the demo's
+        except ProcessLookupError:
+            pass  # it has exited already (wait_listening said why)
         server.wait(10)
 
 

@@ -25,7 +25,7 @@ PAGES = ["normal", "persistent", "persistent", "double-close", "close-fails", "i
 @pytest.fixture(scope="module")
 def readme_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The demo exactly as the README starts it: ``bash demo/run.sh``, the import-time query on by default."""
-    with serving_demo(tmp_path_factory.mktemp("demo"), DEMO_THREAD_HOLD_S="30") as url:
+    with serving_demo(tmp_path_factory.mktemp("demo")) as url:
         yield url
 
 
