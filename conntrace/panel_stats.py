@@ -184,7 +184,7 @@ def _badges(
 
 
 def _opened_outside_badges(record: records.ConnectionRecord) -> list[dict[str, Any]]:
-    """Badge a connection opened before this process began any request (at import time) or by another one.
+    """Badge a connection opened by another process, or before any request in a process that never forked.
 
     Such a connection is what a preforking server (gunicorn ``--preload``, uWSGI
     without ``lazy-apps``) hands to every worker: the badge says why in one line.
@@ -195,7 +195,8 @@ def _opened_outside_badges(record: records.ConnectionRecord) -> list[dict[str, A
         return [_badge("fork-inherited", "fork-inherited", title, why)]
     if record.pid != process.pid:
         return [_badge("other-process", PanelNote.OTHER_PROCESS, f"opened by process {record.pid}", why)]
-    if record.opened_request_gen == 0:
+    # Opened after a fork (in a worker, before its first request) it is the worker's own: no one shares it.
+    if record.opened_request_gen == 0 and record.fork_gen == 0:
         title = "opened before this process began its first request (at import time or start-up)"
         return [_badge("before-first-request", PanelNote.BEFORE_FIRST_REQUEST, title, why)]
     return []

@@ -399,6 +399,7 @@ def test_connection_opened_by_another_process_gets_its_badge_and_its_reason(monk
     from conntrace import panel_stats, records
     from conntrace.names import Origin, PanelNote
 
+    connection.close()
     connection.ensure_connection()
     [record] = [r for r in records.registry.open_records() if r.thread == threading.current_thread().name]
     monkeypatch.setattr(record, "pid", record.pid + 1)
@@ -411,3 +412,23 @@ def test_connection_opened_by_another_process_gets_its_badge_and_its_reason(monk
         ("other-process", "opened by another process", PanelNote.SHARED_BY_WORKERS)
     ]
     assert "opened by another process" in panels.render(stats)
+
+
+def test_connection_a_forked_worker_opened_before_its_first_request_is_its_own_no_badge(monkeypatch):
+    """Opened after the fork, at the worker's start-up: no other process shares it."""
+    from conntrace import panel_stats, process, records
+    from conntrace.names import Origin
+
+    monkeypatch.setattr(process, "request_gen", 0)
+    connection.close()
+    connection.ensure_connection()
+    [record] = [r for r in records.registry.open_records() if r.thread == threading.current_thread().name]
+    session = panel_tracking.Session()
+    session.touched[record.conn_id] = panel_tracking.Touch(record, Origin.EARLIER, 0)
+    kinds = [
+        b["kind"] for b in panel_stats.build_stats(session, request_end="none")["connections"][0]["badges"]
+    ]
+    assert kinds == ["before-first-request"]
+    monkeypatch.setattr(record, "fork_gen", 1)  # as if opened in a forked child (process.fork_gen alike)
+    monkeypatch.setattr(process, "fork_gen", 1)
+    assert panel_stats.build_stats(session, request_end="none")["connections"][0]["badges"] == []
