@@ -166,6 +166,26 @@ class AtRequestEnd(Name):
     KEPT = "kept"
 
 
+class PanelBadge(Name):
+    """The panel: the label of each badge a connection can carry."""
+
+    DOUBLE_CLOSE = "double close"
+    CLOSE_ERROR = "close error"
+    CLOSE_ERROR_DOWNGRADED = "close error downgraded"
+    FORK_INHERITED = "fork-inherited"
+    DRIVER_CLOSED = "driver closed behind Django's back"
+    REPEAT_CLOSE = "repeat close (no-op)"
+    TOOLBAR_STORE = "opened by the toolbar's store"
+
+
+class CloseWhen(Name):
+    """The panel: when a close attempt happened, relative to the request shown."""
+
+    BEFORE = "before this request"
+    DURING = "during this request"
+    AT_END = "at request end"
+
+
 class PanelNote(Name):
     """The panel: badges and lines saying why a connection matters, and when things happened."""
 
@@ -198,6 +218,8 @@ VOCABULARY: tuple[type[Name], ...] = (
     Origin,
     RequestEnd,
     AtRequestEnd,
+    PanelBadge,
+    CloseWhen,
     PanelNote,
     Placeholder,
 )

@@ -15,8 +15,10 @@ from conntrace import panel_tracking as tracking
 from conntrace.names import (
     WARNING_OUTCOMES,
     AtRequestEnd,
+    CloseWhen,
     Origin,
     Outcome,
+    PanelBadge,
     PanelNote,
     Placeholder,
     RequestEnd,
@@ -86,11 +88,11 @@ def _connection_entry(
         if close["by_django"] and (close["closed_in"] or "").startswith(NO_APPLICATION_FRAME):
             close["closed_in"] = None  # every frame is Django's or the server's: "by Django's ..." says it
         if index < touch.closes_before:
-            close["when"] = "before this request"
+            close["when"] = CloseWhen.BEFORE
         elif touch.closes_at_stats is not None and index >= touch.closes_at_stats:
-            close["when"] = "at request end"
+            close["when"] = CloseWhen.AT_END
         else:
-            close["when"] = "during this request"
+            close["when"] = CloseWhen.DURING
     data["origin"] = touch.origin
     data["opened_by_pid"] = record.pid
     data["opened_thread"] = data.pop("thread")
@@ -154,14 +156,13 @@ def _badges(
             warnings += 1
     if Outcome.ALREADY_CLOSED in outcomes:
         who = next(c["closed_by"] for c in data["closes"] if c["outcome"] == Outcome.ALREADY_CLOSED)
-        badges.append(
-            _badge("double-close", "double close", f"closed again after the {who or 'driver'} had closed it")
-        )
+        title = f"closed again after the {who or 'driver'} had closed it"
+        badges.append(_badge("double-close", PanelBadge.DOUBLE_CLOSE, title))
     if Outcome.FAILED in outcomes:
-        label = "close error downgraded" if downgrade else "close error"
+        label = PanelBadge.CLOSE_ERROR_DOWNGRADED if downgrade else PanelBadge.CLOSE_ERROR
         badges.append(_badge("close-failed", label, "the driver raised while closing"))
     if Outcome.ABANDONED in outcomes:
-        badges.append(_badge("abandoned", "abandoned", "its wrapper was garbage-collected while open"))
+        badges.append(_badge("abandoned", Outcome.ABANDONED, "its wrapper was garbage-collected while open"))
     if data["inherited"]:
         warnings += 1
     badges.extend(_opened_outside_badges(record))
@@ -170,15 +171,15 @@ def _badges(
         badges.append(
             _badge(
                 "driver-closed",
-                "driver closed behind Django's back",
+                PanelBadge.DRIVER_CLOSED,
                 f"closed by the {data['driver_closed_by']}; Django's next close is a double close",
             )
         )
     if Outcome.NOOP in outcomes:
-        badges.append(_badge("repeat-close", "repeat close (no-op)", "Django's wrapper was already closed"))
+        badges.append(_badge("repeat-close", PanelBadge.REPEAT_CLOSE, "Django's wrapper was already closed"))
     if data["origin"] == Origin.TOOLBAR:
         badges.append(
-            _badge("toolbar", "opened by the toolbar's store", "the debug toolbar's DatabaseStore opened it")
+            _badge("toolbar", PanelBadge.TOOLBAR_STORE, "the debug toolbar's DatabaseStore opened it")
         )
     return badges, warnings
 
@@ -192,7 +193,7 @@ def _opened_outside_badges(record: records.ConnectionRecord) -> list[dict[str, A
     why = PanelNote.SHARED_BY_WORKERS.value
     if record.inherited:
         title = f"opened by process {record.pid} before a fork"
-        return [_badge("fork-inherited", "fork-inherited", title, why)]
+        return [_badge("fork-inherited", PanelBadge.FORK_INHERITED, title, why)]
     if record.pid != process.pid:
         return [_badge("other-process", PanelNote.OTHER_PROCESS, f"opened by process {record.pid}", why)]
     # Opened after a fork (in a worker, before its first request) it is the worker's own: no one shares it.
