@@ -39,6 +39,10 @@ def hint(problem: conf.Problem) -> str:
     if problem.check_id == conf.UNKNOWN_KEY:
         guess = f"Did you mean {problem.guess!r}? " if problem.guess else ""
         return f"{guess}Remove it, or use one of: {', '.join(sorted(conf.BY_KEY))}."
+    if problem.check_id == conf.METRICS_WITHOUT_OTEL:
+        return (
+            'Install the extra that brings opentelemetry-api: pip install "conntrace[otel]"; or set it False.'
+        )
     setting = conf.BY_KEY[problem.key]
     return f"Write {setting.expected}; the default is {setting.default!r}."
 

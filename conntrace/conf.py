@@ -9,6 +9,7 @@ all read this table, so a new setting costs one row.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import signal
 from collections.abc import Callable
@@ -159,12 +160,23 @@ def effective(user: Any) -> dict[str, Any]:
             if key in BY_KEY and value_problem(key, value) is None:
                 merged[key] = value
     merged["HIDE_MODULES"] = tuple(merged["HIDE_MODULES"])
+    if merged["METRICS"] and not otel_installed():
+        merged["METRICS"] = False  # conntrace.E016
     return merged
+
+
+def otel_installed() -> bool:
+    """Return True if ``opentelemetry-api`` (the ``conntrace[otel]`` extra) is importable; import nothing."""
+    try:
+        return importlib.util.find_spec("opentelemetry.metrics") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 # Check ids of the mistakes that are not one key's value (those are in SETTINGS).
 NOT_A_DICT = "conntrace.E001"
 UNKNOWN_KEY = "conntrace.E002"
+METRICS_WITHOUT_OTEL = "conntrace.E016"
 
 
 @dataclass(frozen=True)
@@ -202,6 +214,8 @@ def problems(user: Any) -> list[Problem]:
         what = setting.problem(given) if setting.key in user else None
         if what is not None:
             found.append(Problem(setting.check_id, setting.key, given, what, used[setting.key]))
+    if user.get("METRICS") is True and not used["METRICS"]:
+        found.append(Problem(METRICS_WITHOUT_OTEL, "METRICS", True, "True without opentelemetry-api", False))
     return found
 
 

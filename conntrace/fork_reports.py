@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from conntrace import drivers, events, process, psycopg_pools, records, stacks
+from conntrace import drivers, events, metric_hooks, process, psycopg_pools, records, stacks
 from conntrace.fields import base_fields
 from conntrace.names import Event, ForkNoticed, HandledBy, Policy
 
@@ -151,6 +151,8 @@ def report_inherited(
     """In the child: the connection ``record`` was inherited, and what its policy did with it."""
     policy = record.fork_policy or Policy.RESET
     level, hint = level_and_hint(policy, handled, in_child=True)
+    if level >= logging.WARNING:
+        metric_hooks.count_anomaly(Event.CONNECTION_FORK_INHERITED, record.alias)
     if events.enabled(level):
         fields = _child_fields(fork_fields(record), policy, handled, noticed, hint)
         events.emit(level, Event.CONNECTION_FORK_INHERITED, fields)
@@ -165,6 +167,8 @@ def report_pooled(
 ) -> None:
     """In the child: an idle connection of a psycopg pool was inherited."""
     level, hint = level_and_hint(policy, handled, in_child=True)
+    if level >= logging.WARNING:
+        metric_hooks.count_anomaly(Event.CONNECTION_FORK_INHERITED, alias)
     if events.enabled(level):
         fields = psycopg_pools.idle_fields(alias, backend_pid, process.parent_pid)
         events.emit(
@@ -174,6 +178,7 @@ def report_pooled(
 
 def report_inherited_used(record: records.ConnectionRecord, policy: str) -> None:
     """Policy ``warn``: the child uses the parent's session."""
+    metric_hooks.count_anomaly(Event.CONNECTION_INHERITED_USED, record.alias)
     if events.enabled(logging.WARNING):
         fields = fork_fields(record)
         fields.update(parent_pid=process.parent_pid, policy=policy, hint=DEPLOY_HINT)

@@ -20,6 +20,7 @@ from conntrace import (
     forking,
     live_signal,
     losses,
+    metric_hooks,
     observers,
     patching,
     process,
@@ -72,6 +73,10 @@ def install() -> bool:
     forking.on_child_started(watchdog.after_fork_in_child)
     conf.on_reload(watchdog.restart)
     asgi_check.install()
+    if conf.get()["METRICS"]:  # False without opentelemetry-api (conntrace.E016)
+        from conntrace import metrics
+
+        metrics.install()
     process.active = True
     forking.on_child_started(live_signal.after_fork_in_child)
     conf.on_reload(live_signal.apply)
@@ -94,6 +99,10 @@ def uninstall() -> None:
     if celery_signals is not None:
         celery_signals.task_prerun.disconnect(dispatch_uid=TASK_PRERUN_UID)
     asgi_check.uninstall()
+    if metric_hooks.recorder is not None:
+        from conntrace import metrics
+
+        metrics.uninstall()
     watchdog.disarm()
     live_signal.apply()  # not active any more: removes the handler
 

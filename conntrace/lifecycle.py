@@ -17,7 +17,17 @@ import weakref
 from functools import partial
 from typing import Any, Optional
 
-from conntrace import conf, direct_closes, drivers, events, process, psycopg_pools, records, stacks
+from conntrace import (
+    conf,
+    direct_closes,
+    drivers,
+    events,
+    metric_hooks,
+    process,
+    psycopg_pools,
+    records,
+    stacks,
+)
 from conntrace.exceptions import CloseErrorWarning
 from conntrace.fields import anomaly_fields, base_fields, context_ever_bound, snapshot_context
 from conntrace.names import NORMAL_OUTCOMES, ClosedBy, Event, Observed, Outcome, State
@@ -137,6 +147,9 @@ def _on_wrapper_gone(ref: _WrapperRef) -> None:
 
 
 def _report_abandoned(record: records.ConnectionRecord) -> None:
+    if metric_hooks.recorder is not None:
+        metric_hooks.recorder.ended(record)
+        metric_hooks.recorder.anomaly(Event.CONNECTION_ABANDONED, record.alias)
     events.emit(WARNING, Event.CONNECTION_ABANDONED, anomaly_fields(record))
 
 
@@ -161,6 +174,8 @@ def connected(
     record.backend_pid = drivers.backend_pid(conn)
     if record.pooled:
         psycopg_pools.checked_out(record, conn)
+    if metric_hooks.recorder is not None:
+        metric_hooks.recorder.connected(wrapper, record, time.monotonic() - record.opened_mono)
     if debug:
         _report_opened(record)
     if observers:
@@ -220,6 +235,7 @@ def _report_close(
     if attempt.outcome is Outcome.NOOP:
         return
     if exc is not None:
+        metric_hooks.count_anomaly(Event.CONNECTION_CLOSE_FAILED, record.alias)
         fields = anomaly_fields(record)
         fields.update(error_type=attempt.error_type, error=attempt.error, downgraded=True)
         events.emit(WARNING, Event.CONNECTION_CLOSE_FAILED, fields)
@@ -233,6 +249,7 @@ def _report_close(
             fields["cause"] = record.lost
             events.emit(INFO, Event.CONNECTION_DOUBLE_CLOSE, fields)
         else:
+            metric_hooks.count_anomaly(Event.CONNECTION_DOUBLE_CLOSE, record.alias)
             events.emit(WARNING, Event.CONNECTION_DOUBLE_CLOSE, fields)
     elif events.enabled(DEBUG):
         fields = base_fields(record)
@@ -277,6 +294,8 @@ def start_close(wrapper: Any, record: records.ConnectionRecord, shown: bool) -> 
     record.add_close(attempt)
     if outcome is not Outcome.NOOP:
         _end(record, now)
+        if metric_hooks.recorder is not None:
+            metric_hooks.recorder.ended(record)
     return attempt
 
 

@@ -30,7 +30,17 @@ from typing import Any, Optional
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 
-from conntrace import conf, direct_closes, drivers, events, process, records, stacks, transactions
+from conntrace import (
+    conf,
+    direct_closes,
+    drivers,
+    events,
+    metric_hooks,
+    process,
+    records,
+    stacks,
+    transactions,
+)
 from conntrace.fields import anomaly_fields
 from conntrace.lifecycle import record_of
 from conntrace.names import Cause, ClosedBy, Event, State
@@ -118,6 +128,7 @@ def on_error(wrapper: Any) -> None:
         fields = _lost_fields(wrapper, record, conn, exc)
         if fields is not None:
             record.lost = fields["cause"]
+            metric_hooks.count_anomaly(Event.CONNECTION_LOST, record.alias)
             events.emit(WARNING, Event.CONNECTION_LOST, fields)
     except Exception as internal:
         events.internal_error("lost", internal)

@@ -204,6 +204,42 @@ class Placeholder(Name):
     NO_APPLICATION_FRAME = "no application frame"  # opened_in / closed_in / forked_in: all hidden
 
 
+class Metric(Name):
+    """OpenTelemetry instruments: the database-metrics conventions' (``db.client.*``) and conntrace's own."""
+
+    CONNECTION_COUNT = "db.client.connection.count"
+    CREATE_TIME = "db.client.connection.create_time"
+    USE_TIME = "db.client.connection.use_time"
+    WAIT_TIME = "db.client.connection.wait_time"
+    TIMEOUTS = "db.client.connection.timeouts"
+    PENDING_REQUESTS = "db.client.connection.pending_requests"
+    MAX = "db.client.connection.max"
+    IDLE_MAX = "db.client.connection.idle.max"
+    IDLE_MIN = "db.client.connection.idle.min"
+    ANOMALIES = "conntrace.connection.anomalies"  # attribute conntrace.event: the anomaly's event name
+    AGE = "conntrace.connection.age"  # at close
+
+
+class MetricAttribute(Name):
+    """The attributes of conntrace's OpenTelemetry measurements."""
+
+    POOL_NAME = "db.client.connection.pool.name"  # "alias/host:port/database" (metrics.pool_name)
+    STATE = "db.client.connection.state"  # a ConnectionState
+    EVENT = "conntrace.event"
+
+
+class ConnectionState(Name):
+    """``db.client.connection.state``, the conventions' words (so outside VOCABULARY: Observed has "used").
+
+    Used: a pool's checked-out connection; a persistent one from the unit of
+    work (request, Celery task) that opened or used it until that unit ends.
+    Idle: open and waiting, in a pool or between units of work.
+    """
+
+    IDLE = "idle"
+    USED = "used"
+
+
 VOCABULARY: tuple[type[Name], ...] = (
     State,
     Outcome,
@@ -222,4 +258,6 @@ VOCABULARY: tuple[type[Name], ...] = (
     CloseWhen,
     PanelNote,
     Placeholder,
+    Metric,
+    MetricAttribute,
 )

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Optional
 
-from conntrace import events, process, psycopg_pools, records, transactions
+from conntrace import events, metric_hooks, process, psycopg_pools, records, transactions
 from conntrace.names import Event, State
 
 ERROR = logging.ERROR
@@ -112,6 +112,9 @@ def checkout_failed(wrapper: Any, record: records.ConnectionRecord, exc: BaseExc
     try:
         if not is_pool_timeout(exc):
             return
+        if metric_hooks.recorder is not None:
+            metric_hooks.recorder.timed_out(wrapper.alias)
+            metric_hooks.recorder.anomaly(Event.POOL_EXHAUSTED, wrapper.alias)
         pool = (psycopg_pools.django_pools() or {}).get(wrapper.alias)
         if pool is None:
             return

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from django.db.backends.signals import connection_created
 
-from conntrace import conf, events, process, records
+from conntrace import conf, events, metric_hooks, process, records
 from conntrace.fields import base_fields
 from conntrace.names import Event, Level, State
 from conntrace.stacks import frame_filter
@@ -182,6 +182,7 @@ def check(now: Optional[float] = None) -> list[dict[str, Any]]:
             alive = records.alive_threads()
         fields = held_fields(record, held_s, idle_s, record.thread_alive(alive))
         fields.update(held_warn_s=held_warn_s, idle_in_transaction_warn_s=idle_warn_s)
+        metric_hooks.count_anomaly(Event.CONNECTION_HELD_LONG, record.alias)
         if events.enabled(Level.WARNING):
             events.emit(Level.WARNING, Event.CONNECTION_HELD_LONG, fields)
         reported.append(fields)
