@@ -9,9 +9,13 @@ open and close, a request, pool checkouts and a timeout, a fork with
 from __future__ import annotations
 
 import gc
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -239,3 +243,66 @@ def test_a_forked_child_counts_its_own_connections_and_the_parent_only_its_own(r
     assert anomalies == [["connection_fork_inherited", pool_name(), 1]]
     assert counts(reader) == before  # the parent: its own connection, nothing of the child's
     assert values(reader, Metric.ANOMALIES) == {}
+
+
+# --------------------------------------------------------------------------- off, and without the extra
+
+PROCESS = """
+import json, sys
+if sys.argv[2] == "without-otel":
+    sys.modules["opentelemetry"] = None  # as if conntrace[otel] were not installed
+import django, structlog
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["conntrace"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    CONNTRACE={"METRICS": sys.argv[1] == "on"},
+)
+with structlog.testing.capture_logs() as logs:
+    django.setup()
+    from django.core import checks
+    from django.db import connection
+    connection.ensure_connection()
+    connection.close()
+    ids = [message.id for message in checks.run_checks()]
+from conntrace import metric_hooks
+print(json.dumps({
+    "check_ids": ids,
+    "warned": [(e["event"], e.get("check_id"), e.get("hint")) for e in logs if e["log_level"] == "warning"],
+    "imported": sorted(
+        name for name, module in sys.modules.items()
+        if name.startswith(("opentelemetry", "conntrace.metrics")) and module is not None
+    ),
+    "recording": metric_hooks.recorder is not None,
+}))
+"""
+
+
+def run_process(metrics_setting: str, otel: str = "with-otel") -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROCESS, metrics_setting, otel],
+        cwd=Path(conntrace.__file__).parent.parent, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_with_metrics_off_nothing_of_opentelemetry_is_imported():
+    assert run_process("off") == {"check_ids": [], "warned": [], "imported": [], "recording": False}
+
+
+def test_with_metrics_on_the_metrics_module_records_through_the_global_meter_provider():
+    result = run_process("on")
+    assert "conntrace.metrics" in result["imported"] and "opentelemetry.metrics" in result["imported"]
+    assert (result["check_ids"], result["warned"], result["recording"]) == ([], [], True)
+
+
+def test_metrics_on_without_opentelemetry_is_check_e016_and_one_warning_never_a_traceback():
+    result = run_process("on", "without-otel")
+    hint = 'Install the extra that brings opentelemetry-api: pip install "conntrace[otel]"; or set it False.'
+    assert result == {
+        "check_ids": ["conntrace.E016"],
+        "warned": [["conntrace_settings_invalid", "conntrace.E016", hint]],
+        "imported": [],
+        "recording": False,
+    }
