@@ -21,6 +21,7 @@ DESCRIPTIONS = {
     "do-nothing": "Django alone again, in another process: the cross-process noise floor",
     "conntrace-quiet": "conntrace, debug events dropped by level (make_filtering_bound_logger(INFO))",
     "conntrace-json": "conntrace, every event rendered as JSON to a null sink (level DEBUG)",
+    "conntrace-metrics": "conntrace-quiet with METRICS on: the OpenTelemetry SDK, an in-memory reader",
     "toolbar": "django-debug-toolbar shown on every request, with no panel: the toolbar's own cost",
     "conntrace-panel": "conntrace and its debug-toolbar panel (the toolbar with only that panel)",
     "sentry": "sentry-sdk DjangoIntegration, traces_sample_rate=1.0, a transport that drops",
@@ -33,6 +34,7 @@ UNITS = {
     "toolbar": "requests",
     "conntrace-quiet": "records",
     "conntrace-json": "events",
+    "conntrace-metrics": "records",
     "conntrace-panel": "records",
     "sentry": "breadcrumbs+spans",
     "otel": "spans",
@@ -104,6 +106,9 @@ def prepare(name: str) -> None:
     """Install ``name``'s instrumentation; called before ``django.setup()``."""
     if name in ("conntrace-quiet", "conntrace-panel", "inprocess"):
         configure_structlog(logging.INFO)
+    elif name == "conntrace-metrics":
+        configure_structlog(logging.INFO)
+        _prepare_metrics()
     elif name == "conntrace-json":
         configure_structlog(logging.DEBUG)
     elif name == "sentry":
@@ -165,9 +170,18 @@ def _prepare_otel() -> None:
     Psycopg2Instrumentor().instrument(tracer_provider=_otel_provider)
 
 
+def _prepare_metrics() -> None:
+    """Set the global meter provider as an application would: the SDK, one reader (collected rarely)."""
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+
+
 def activity(name: str) -> int:
     """Return how much ``name`` has recorded so far in this process."""
-    if name in ("conntrace-quiet", "conntrace-panel", "inprocess"):
+    if name in ("conntrace-quiet", "conntrace-panel", "conntrace-metrics", "inprocess"):
         return _last_conn_id()
     if name == "otel" and _otel_provider is not None:
         _otel_provider.force_flush()
@@ -203,6 +217,11 @@ def instrumented(name: str) -> bool:
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.backends.utils import CursorWrapper
 
+    if name == "conntrace-metrics":
+        import conntrace
+        from conntrace import metric_hooks
+
+        return conntrace.is_installed() and metric_hooks.recorder is not None
     if name.startswith("conntrace") or name == "inprocess":
         import conntrace
 

@@ -28,6 +28,8 @@ MIDDLEWARE = [
 ]
 ROOT_URLCONF = "benchmarks.urls"
 LOGGING_CONFIG = None
+if CONTENDER == "conntrace-metrics":
+    CONNTRACE = {"METRICS": True}
 
 if CONTENDER in ("conntrace-panel", "toolbar"):
     # The toolbar shown on every request, results kept in memory: with conntrace's panel
