@@ -102,24 +102,30 @@ def conventions() -> dict[str, tuple[str, type, bool]]:
             instrument = getattr(db_metrics, name)(meter)
             (instrument.record if hasattr(instrument, "record") else instrument.add)(1)
     return {
-        metric.name: (metric.unit, type(metric.data), getattr(metric.data, "is_monotonic", False))
+        metric.name: shape(metric)
         for metric in reader.get_metrics_data().resource_metrics[0].scope_metrics[0].metrics
     }
 
 
-@pytest.mark.usefixtures("small_pool")
-def test_every_instrument_has_the_conventions_name_unit_and_kind(reader):
+def open_and_close_one_of_each() -> None:
+    """Open and close a connection of Django's own, and check one out of the small pool and return it."""
     query()
     connections["default"].close()
     use_small_pool().ensure_connection()
     use_small_pool().close()
+
+
+def shape(metric: Any) -> tuple[str, type, bool]:
+    return metric.unit, type(metric.data), getattr(metric.data, "is_monotonic", False)
+
+
+@pytest.mark.usefixtures("small_pool")
+def test_every_instrument_has_the_conventions_name_unit_and_kind(reader):
+    open_and_close_one_of_each()
     # A timeout and an anomaly, straight through the hook: their own tests below make real ones.
     metric_hooks.recorder.timed_out(ALIAS)
     metric_hooks.recorder.anomaly(Event.POOL_EXHAUSTED, ALIAS)
-    ours = {
-        name: (metric.unit, type(metric.data), getattr(metric.data, "is_monotonic", False))
-        for name, metric in collected(reader).items()
-    }
+    ours = {name: shape(metric) for name, metric in collected(reader).items()}
     theirs = conventions()
     assert {name: ours[name] for name in theirs} == theirs
     assert sorted(theirs) == sorted(m for m in Metric if m.startswith("db."))
@@ -129,10 +135,7 @@ def test_every_instrument_has_the_conventions_name_unit_and_kind(reader):
 
 @pytest.mark.usefixtures("small_pool")
 def test_every_instrument_carries_the_same_pool_name(reader):
-    query()
-    connections["default"].close()
-    use_small_pool().ensure_connection()
-    use_small_pool().close()
+    open_and_close_one_of_each()
     names = {
         name: {point.attributes["db.client.connection.pool.name"] for point in metric.data.data_points}
         for name, metric in collected(reader).items()
