@@ -20,15 +20,16 @@ from typing import Any
 
 import pytest
 from django.core.signals import request_finished, request_started
-from django.db import OperationalError, connections
+from django.db import OperationalError, connections, transaction
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import Histogram, InMemoryMetricReader, Sum
 from opentelemetry.semconv._incubating.metrics import db_metrics
 
 import conntrace
-from conntrace import metric_hooks, metrics
+from conntrace import metric_hooks, metrics, watchdog
 from conntrace.names import Event, Metric
 from tests.test_forking import in_child
+from tests.test_losses import terminate
 from tests.test_pools import ALIAS, Holders, small_pool, use_small_pool  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -178,6 +179,23 @@ def test_a_double_close_is_counted_even_when_the_log_level_drops_its_warning(rea
     connections["default"].close()
     assert values(reader, Metric.ANOMALIES) == {("connection_double_close", pool_name()): 1}
     assert counts(reader) == {"idle": 0, "used": 0}
+
+
+def test_a_lost_session_is_one_anomaly_and_its_expected_close_none(reader, pg):
+    query()
+    terminate(pg)
+    with pytest.raises(OperationalError):
+        query()
+    connections["default"].close()  # connection_double_close at info, with cause: not an anomaly
+    assert values(reader, Metric.ANOMALIES) == {("connection_lost", pool_name()): 1}
+
+
+def test_a_transaction_held_too_long_is_one_anomaly_however_often_the_watchdog_looks(reader):
+    with transaction.atomic():
+        query()
+        for _ in range(3):
+            watchdog.check(now=time.monotonic() + 3600)  # an hour later, as the watchdog would see it
+    assert values(reader, Metric.ANOMALIES) == {("connection_held_long", pool_name()): 1}
 
 
 def test_an_abandoned_thread_connection_is_counted_once_and_no_longer_open(reader):
