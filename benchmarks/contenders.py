@@ -34,7 +34,7 @@ UNITS = {
     "toolbar": "requests",
     "conntrace-quiet": "records",
     "conntrace-json": "events",
-    "conntrace-metrics": "records",
+    "conntrace-metrics": "connect times recorded",
     "conntrace-panel": "records",
     "sentry": "breadcrumbs+spans",
     "otel": "spans",
@@ -170,19 +170,39 @@ def _prepare_otel() -> None:
     Psycopg2Instrumentor().instrument(tracer_provider=_otel_provider)
 
 
+_metric_reader: Any = None
+
+
 def _prepare_metrics() -> None:
     """Set the global meter provider as an application would: the SDK, one reader (collected rarely)."""
+    global _metric_reader
     from opentelemetry import metrics
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    _metric_reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[_metric_reader]))
+
+
+def _connect_times_recorded() -> int:
+    """Return how many connects ``db.client.connection.create_time`` holds (collected outside the timing)."""
+    data = _metric_reader.get_metrics_data()
+    return sum(
+        point.count
+        for resource in (data.resource_metrics if data else ())
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "db.client.connection.create_time"
+        for point in metric.data.data_points
+    )
 
 
 def activity(name: str) -> int:
     """Return how much ``name`` has recorded so far in this process."""
-    if name in ("conntrace-quiet", "conntrace-panel", "conntrace-metrics", "inprocess"):
+    if name in ("conntrace-quiet", "conntrace-panel", "inprocess"):
         return _last_conn_id()
+    if name == "conntrace-metrics":
+        return _connect_times_recorded()
     if name == "otel" and _otel_provider is not None:
         _otel_provider.force_flush()
     return _count.n
