@@ -136,7 +136,15 @@ def test_the_call_counter_sees_conntrace_when_it_runs(per_query_calls):
     assert calls["wrap_close.<locals>.close"] == 1
 
 
-EXPECTED_CONTENDERS = {"baseline", "do-nothing", "conntrace-quiet", "conntrace-json", "sentry", "otel"}
+EXPECTED_CONTENDERS = {
+    "baseline",
+    "do-nothing",
+    "conntrace-quiet",
+    "conntrace-json",
+    "conntrace-metrics",
+    "sentry",
+    "otel",
+}
 WORKLOADS = {"W1", "W2", "W2c", "W3a", "W3b", "W3t"}
 
 
@@ -205,6 +213,8 @@ def test_quick_benchmark_checks_that_each_contender_was_active(quick_run):
     assert w2["sentry"]["activity_per_op"] >= 1.0  # a breadcrumb per query
     assert w2["otel"]["activity_per_op"] >= 1.0  # a span per query
     assert w2["conntrace-quiet"]["activity_per_op"] == 0.0  # nothing per query
+    assert w1["conntrace-metrics"]["activity_per_op"] == 1.0  # one connect time recorded per connect
+    assert w2["conntrace-metrics"]["activity_per_op"] == 0.0  # no connect, nothing recorded, per query
     quiet_mem = results["mem"]["conntrace-quiet"]
     assert quiet_mem["history_records"] <= 500  # bounded by MAX_RECORDS
     assert quiet_mem["live_records"] == 0
