@@ -7,7 +7,8 @@ connection when it forks, so each worker inherits one (``FORK_POLICY``
 own. Each worker serves its own ``/metrics`` (``tests/e2e/metrics_gunicorn_conf.py``);
 Prometheus (its own configuration and storage in a temporary directory)
 scrapes both every second, and the test reads the numbers back through
-Prometheus's HTTP API after a scripted load.
+Prometheus's HTTP API after a scripted load, and while one request holds
+its connection.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -39,6 +41,9 @@ BY_STATE = "sum by (db_client_connection_state) (db_client_connection_count)"
 BY_EVENT = "sum by (conntrace_event) (conntrace_connection_anomalies_total)"
 # After the load each worker holds its one persistent connection, between requests: idle.
 TWO_IDLE = {'{"db_client_connection_state": "idle"}': 2.0, '{"db_client_connection_state": "used"}': 0.0}
+# While one request sleeps in PostgreSQL, its worker's connection is used.
+ONE_USED = {'{"db_client_connection_state": "idle"}': 1.0, '{"db_client_connection_state": "used"}': 1.0}
+HOLD_S = 5
 # Each worker inherited the master's import-time connection, and discarded it.
 TWO_INHERITED = {'{"conntrace_event": "connection_fork_inherited"}': 2.0}
 
@@ -109,6 +114,11 @@ def test_prometheus_scrapes_each_workers_connections_and_anomalies(tmp_path):
             outcomes = client.load(app_port, REQUESTS, CONCURRENCY, within_s=30)
             states = settled(prometheus_port, BY_STATE, TWO_IDLE)
             anomalies = settled(prometheus_port, BY_EVENT, TWO_INHERITED)
+            holder = threading.Thread(target=client.get, args=(app_port, f"/hold/{HOLD_S}/"))
+            holder.start()
+            while_held = settled(prometheus_port, BY_STATE, ONE_USED, timeout=HOLD_S)
+            holder.join()
+            after = settled(prometheus_port, BY_STATE, TWO_IDLE)
             per_worker = query(prometheus_port, "db_client_connection_count")
             opened = query(prometheus_port, "sum(db_client_connection_create_time_seconds_count)")
         finally:
@@ -119,6 +129,8 @@ def test_prometheus_scrapes_each_workers_connections_and_anomalies(tmp_path):
     assert "Traceback" not in server_log
     assert states == TWO_IDLE
     assert anomalies == TWO_INHERITED
+    assert while_held == ONE_USED
+    assert after == TWO_IDLE
     assert list(opened.values()) == [2.0]  # one connect per worker: the connection persists
     pools = {json.loads(labels)["db_client_connection_pool_name"] for labels in per_worker}
     settings_host, settings_port = pgserver.ensure()

@@ -3,3 +3,4 @@
 from tests.e2e.settings import *  # noqa: F403
 
 CONNTRACE = {**CONNTRACE, "METRICS": True}  # noqa: F405
+ROOT_URLCONF = "tests.e2e.pool_urls"  # /echo/ and /hold/<seconds>/, a request that keeps its connection
