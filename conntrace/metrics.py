@@ -194,6 +194,7 @@ class Recorder:
         if record.pooled:
             return ConnectionState.USED if record.thread_ref is not None else None
         wrapper = record.wrapper_ref() if record.wrapper_ref is not None else None
+        # Django's wrapper remembers the thread it belongs to (its validate_thread_sharing() reads it).
         started = self.units.get(wrapper._thread_ident) if wrapper is not None else None
         if started is not None and max(record.opened_mono, record.use_mono or 0.0) >= started:
             return ConnectionState.USED
