@@ -8,8 +8,11 @@ configured structlog (whose defaults print every level) gets warnings only.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
+import socket
 import sys
 from typing import Any, Optional
 
@@ -120,9 +123,40 @@ def enabled(level: int) -> bool:
         return level >= logging.WARNING
 
 
+class _Stamp:
+    """What every event adds so that a reader of many processes' logs can order and place it.
+
+    ``seq`` counts this process's events (1, 2, ...), restarted in a forked child: the order
+    within a process whatever the clocks, and a pid reused later starts again at 1. ``host`` is
+    the machine's name, read once, unless the application bound its own ``host`` in structlog's
+    context (which then comes through instead). Events are never emitted per query.
+    """
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.counter: itertools.count[int] = itertools.count(1)
+        self.host: Optional[str] = None
+
+    def add_to(self, fields: dict[str, Any]) -> None:
+        pid = os.getpid()
+        if pid != self.pid:
+            self.pid = pid
+            self.counter = itertools.count(1)
+        fields["seq"] = next(self.counter)
+        fields.setdefault("pid", pid)
+        if "host" not in fields and "host" not in structlog.contextvars.get_contextvars():
+            if self.host is None:
+                self.host = socket.gethostname()
+            fields["host"] = self.host
+
+
+stamp = _Stamp()
+
+
 def emit(level: int, event: Event, fields: dict[str, Any]) -> None:
     """Send one event; a failure of the logging pipeline is reported once, never raised."""
     try:
+        stamp.add_to(fields)
         logger = gate.logger or structlog.get_logger(conf.get()["LOGGER_NAME"])
         name = event.value
         if level >= logging.ERROR:
@@ -149,6 +183,7 @@ def internal_error(where: str, exc: BaseException) -> None:
     fields = {"where": where, "error_type": type(exc).__name__, "error": error_text(exc)}
     line = "{} where={} error_type={} error={}".format(Event.INTERNAL_ERROR.value, *fields.values())
     try:
+        stamp.add_to(fields)
         structlog.get_logger(conf.get()["LOGGER_NAME"]).error(Event.INTERNAL_ERROR.value, **fields)
     except Exception:
         try:

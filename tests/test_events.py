@@ -13,6 +13,7 @@ import structlog
 from django.db import connection, connections
 
 from conntrace import events
+from conntrace.names import Event
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -177,3 +178,37 @@ def test_the_standard_library_loggers_level_is_respected_whatever_structlogs_wra
         logging.getLogger("conntrace").setLevel(logging.NOTSET)
         structlog.reset_defaults()
         events.reset()
+
+
+def test_every_event_carries_its_process_sequence_pid_and_host(captured):
+    import socket
+
+    for _ in range(2):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        connection.close()
+    stamps = [(e["event"], e["pid"], e["host"]) for e in captured]
+    assert stamps == [
+        (name, os.getpid(), socket.gethostname()) for name in ["connection_opened", "connection_closed"] * 2
+    ]
+    seqs = [e["seq"] for e in captured]
+    assert seqs == list(range(seqs[0], seqs[0] + 4))
+
+
+def test_the_sequence_starts_again_at_one_in_a_forked_child_and_a_bound_host_wins(captured):
+    events.emit(logging.WARNING, Event.REPORTS_REPEATED, {})
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        structlog.contextvars.bind_contextvars(host="web-7")
+        with structlog.testing.capture_logs() as child_events:
+            events.emit(logging.WARNING, Event.REPORTS_REPEATED, {})
+        os.write(
+            write, repr((child_events[0]["seq"], child_events[0]["pid"], "host" in child_events[0])).encode()
+        )
+        os._exit(0)
+    os.waitpid(child, 0)
+    os.close(write)
+    assert os.read(read, 200).decode() == repr((1, child, False))  # merge_contextvars brings "web-7"
+    os.close(read)
+    assert captured[0]["seq"] >= 1
