@@ -1,4 +1,5 @@
-"""Command line: ``python -m conntrace preflight [MODULE[:ATTR]] [--json] [-c GUNICORN_CONFIG] ...``."""
+"""Command line: ``python -m conntrace preflight [MODULE[:ATTR]] [--json] [-c GUNICORN_CONFIG] ...``,
+``python -m conntrace report FILE_OR_DIR... [--json] [--html OUT]``."""
 
 from __future__ import annotations
 
@@ -26,7 +27,16 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     preflight.add_arguments(check)
+    from conntrace.report import cli as report_cli
+
+    report = commands.add_parser(
+        "report", help="read conntrace's events back from logs: one answer for a deployment",
+        description=report_cli.DESCRIPTION,
+    )  # fmt: skip
+    report_cli.add_arguments(report)
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return report_cli.run_arguments(args)
     return preflight.run_options(vars(args))
 
 

@@ -33,8 +33,8 @@ class PerProcessFile:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
-def configure(directory: str) -> None:
-    """Have structlog render JSON lines (level, timestamp) at INFO and above, one lazy file per process."""
+def configure(directory: str, level: int = logging.INFO) -> None:
+    """Have structlog render JSON lines (level, timestamp) from ``level`` up, one lazy file per process."""
     logger = PerProcessFile(directory)
 
     def factory(*args: Any) -> PerProcessFile:
@@ -46,7 +46,7 @@ def configure(directory: str) -> None:
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.processors.JSONRenderer(),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=factory,
         cache_logger_on_first_use=False,
     )

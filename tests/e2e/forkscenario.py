@@ -12,7 +12,7 @@ ALIAS is ``default`` or ``other`` (PostgreSQL), ``pooled`` (psycopg 3 pool) or
 Each ACTION (default: all) runs in one ``os.fork`` child and one
 ``multiprocessing`` child, one after the other. Results: one JSON line on
 stdout; events as JSON lines in ``OUT_DIR/events.jsonl``, configured here as a
-user's project would.
+user's project would (or, with ``CONNTRACE_E2E_LOG_DIR``, one file per process there, debug included).
 """
 
 from __future__ import annotations
@@ -40,13 +40,18 @@ def configure(alias: str, policy: str, out_dir: str) -> None:
         default = test_settings.DATABASES["default"]
         pool = {"min_size": 3, "max_size": 6, "timeout": 10}
         test_settings.DATABASES["pooled"] = {**default, "OPTIONS": {**default["OPTIONS"], "pool": pool}}
-    log_file = open(os.path.join(out_dir, "events.jsonl"), "a", buffering=1)  # noqa: SIM115
-    atexit.register(log_file.close)
-    structlog.configure(
-        processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.WriteLoggerFactory(file=log_file),
-    )
+    if os.environ.get("CONNTRACE_E2E_LOG_DIR"):  # one file per process, debug included (conntrace report)
+        from tests.e2e import eventlog
+
+        eventlog.configure(os.environ["CONNTRACE_E2E_LOG_DIR"], logging.DEBUG)
+    else:
+        log_file = open(os.path.join(out_dir, "events.jsonl"), "a", buffering=1)  # noqa: SIM115
+        atexit.register(log_file.close)
+        structlog.configure(
+            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            logger_factory=structlog.WriteLoggerFactory(file=log_file),
+        )
     import django
 
     django.setup()

@@ -6,7 +6,9 @@ database is (default: the test PostgreSQL, database ``conntrace_e2e``);
 ``CONNTRACE_E2E_INSTALLED``: ``0`` leaves conntrace out of ``INSTALLED_APPS``;
 ``CONNTRACE_E2E_FORK_POLICY``: conntrace's ``FORK_POLICY``;
 ``CONNTRACE_E2E_LIVE_SIGNAL``: conntrace's ``LIVE_SIGNAL`` (unset: None);
-``CONNTRACE_E2E_LOG``: a file that receives structlog's events as JSON lines.
+``CONNTRACE_E2E_LOG``: a file that receives structlog's events as JSON lines;
+``CONNTRACE_E2E_LOG_DIR``: a directory that receives them as one file per process, debug level included
+(what ``conntrace report`` reads).
 """
 
 import logging
@@ -75,3 +77,8 @@ if _log_path:
         logger_factory=structlog.WriteLoggerFactory(file=open(_log_path, "a", buffering=1)),  # noqa: SIM115
         cache_logger_on_first_use=False,
     )
+
+if os.environ.get("CONNTRACE_E2E_LOG_DIR"):
+    from tests.e2e import eventlog
+
+    eventlog.configure(os.environ["CONNTRACE_E2E_LOG_DIR"], logging.DEBUG)

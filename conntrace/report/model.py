@@ -1,0 +1,436 @@
+"""A deployment told by its events: processes, their fork tree, connection lives and problems.
+
+Folded one event at a time, in the order the files give them. A process is
+(where, pid, start): "where" is the ``host`` field when the events carry one,
+otherwise the file they came from, and a pid seen starting again (its ``seq``
+back at 1) is a new process. A connection life is keyed by its opening process
+and ``conn_id``, which the events of the children that inherited it carry too
+(``opened_by_pid``), so one life runs across processes whatever file each
+process wrote to. Memory is bounded: a life is held while open, then only if
+it has a problem (up to ``KEPT_LIVES``), is among the first ``SAMPLED_LIVES``,
+or among the ``RECENT_LIVES`` last ended (a late event from another process
+can still find it); beyond that it is counted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, OrderedDict
+from datetime import UTC, datetime
+from typing import Any, Optional
+
+from conntrace.names import Event, Outcome
+from conntrace.report import advice
+
+KEPT_LIVES = 20_000
+SAMPLED_LIVES = 2_000
+RECENT_LIVES = 10_000
+LIVES_PER_PROBLEM = 50
+# Threads may write a process's events a little out of ``seq`` order: a larger drop is a new process.
+REORDER_WINDOW = 1_000
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40, "critical": 50}
+WARNING = 30
+TIME_KEYS = ("timestamp", "time", "ts", "@timestamp")
+OPENED = frozenset({Event.CONNECTION_OPENED, Event.CONNECTION_CHECKED_OUT})
+# Outcomes that end a session when the process that opened it makes them.
+ENDINGS = frozenset(
+    {Outcome.CLOSED, Outcome.RETURNED_TO_POOL, Outcome.ABANDONED, Outcome.DISCARDED_AFTER_FORK}
+)
+KILLING = frozenset({Event.CONNECTION_LOST, Event.CONNECTION_DOUBLE_CLOSE})
+
+_second_cache: dict[tuple[str, str], float] = {}
+
+
+def epoch(value: Any) -> Optional[float]:
+    """Return seconds since the epoch of an ISO 8601 time (naive: UTC) or a number; None if neither.
+
+    The whole seconds are parsed once per distinct second, the fraction as a float.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str) or len(value) < 19:
+        return None
+    head, rest = value[:19], value[19:]
+    fraction = 0.0
+    if rest[:1] == ".":
+        end = 1
+        while end < len(rest) and rest[end].isdigit():
+            end += 1
+        fraction = float(rest[:end]) if end > 1 else 0.0
+        rest = rest[end:]
+    key = (head, rest)
+    base = _second_cache.get(key)
+    if base is None:
+        try:
+            moment = datetime.fromisoformat(head + ("+00:00" if rest in ("Z", "z") else rest))
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        if len(_second_cache) > 100_000:
+            _second_cache.clear()
+        base = _second_cache[key] = moment.timestamp()
+    return base + fraction
+
+
+def event_time(event: dict[str, Any]) -> Optional[float]:
+    """Return the time of ``event`` as seconds since the epoch, from its first time field."""
+    for key in TIME_KEYS:
+        if key in event:
+            return epoch(event[key])
+    return None
+
+
+class Process:
+    """One process: where, pid and start; its parent and children; what it opened, closed and reported."""
+
+    __slots__ = (
+        "children",
+        "closed",
+        "events",
+        "first_ts",
+        "host",
+        "inherited",
+        "last_ts",
+        "max_seq",
+        "number",
+        "opened",
+        "origin",
+        "parent",
+        "parent_pid",
+        "pid",
+        "problems",
+        "seen_first",
+        "source",
+        "start",
+    )  # fmt: skip
+
+    def __init__(
+        self, number: int, origin: str, host: Optional[str], pid: int, start: int, source: str
+    ) -> None:
+        self.number = number
+        self.origin = origin
+        self.host = host
+        self.pid = pid
+        self.start = start  # 0, then 1, 2... for a pid that started again
+        self.source = source
+        self.max_seq = 0
+        self.seen_first = False
+        self.parent_pid: Optional[int] = None
+        self.parent: Optional[Process] = None
+        self.children: list[Process] = []
+        self.first_ts: Optional[float] = None
+        self.last_ts: Optional[float] = None
+        self.opened = 0
+        self.closed = 0
+        self.events = 0
+        self.problems: Counter[str] = Counter()
+        self.inherited: dict[Any, int] = {}  # conn_id -> pid of the process that opened it
+
+    @property
+    def label(self) -> str:
+        where = self.host or os.path.basename(self.source)
+        return f"{where} pid {self.pid}" + (f" (start {self.start + 1})" if self.start else "")
+
+    def seen_at(self, ts: Optional[float]) -> None:
+        if ts is None:
+            return
+        if self.first_ts is None or ts < self.first_ts:
+            self.first_ts = ts
+        if self.last_ts is None or ts > self.last_ts:
+            self.last_ts = ts
+
+
+class Life:
+    """One connection's life across processes: opened, inherited, closed (by whom, how often), lost."""
+
+    __slots__ = (
+        "alias",
+        "backend_pid",
+        "closes",
+        "conn_id",
+        "ended_ts",
+        "inherited_by",
+        "killed_by",
+        "marks",
+        "number",
+        "opened_in",
+        "opened_ts",
+        "opener",
+        "problems",
+        "used_by",
+    )  # fmt: skip
+
+    def __init__(self, number: int, opener: Process, conn_id: Any) -> None:
+        self.number = number
+        self.opener = opener
+        self.conn_id = conn_id
+        self.alias: Optional[str] = None
+        self.backend_pid: Optional[int] = None
+        self.opened_in: Optional[str] = None
+        self.opened_ts: Optional[float] = None
+        self.ended_ts: Optional[float] = None
+        self.inherited_by: list[Process] = []
+        self.used_by: list[Process] = []
+        self.closes: list[tuple[Process, str, Optional[float]]] = []
+        # (kind, process, time, level) of every problem event about this life
+        self.marks: list[tuple[str, Process, Optional[float], int]] = []
+        self.problems: set[str] = set()
+        self.killed_by: Optional[Process] = None
+
+
+class Problem:
+    """Every problem event with one culprit: kinds, processes, hosts, first and last seen, lives."""
+
+    def __init__(self, culprit: str, event: dict[str, Any]) -> None:
+        self.culprit = culprit
+        self.what_to_do = advice.what_to_do(event)
+        self.stack = advice.stack(event)
+        self.level = 0
+        self.count = 0
+        self.left_out = 0  # repeats a process counted instead of reporting (conntrace_reports_repeated)
+        self.kinds: Counter[str] = Counter()
+        self.processes: dict[int, Process] = {}
+        self.inheritors: set[int] = set()  # processes that reported inheriting the connection
+        self.hosts: set[str] = set()
+        self.first_ts: Optional[float] = None
+        self.last_ts: Optional[float] = None
+        self.lives: list[Life] = []
+        self.killers: Counter[str] = Counter()
+        self.examples: dict[str, dict[str, Any]] = {}  # kind -> its first event's telling fields
+
+    def add(self, kind: str, level: int, process: Process, ts: Optional[float]) -> None:
+        self.count += 1
+        self.kinds[kind] += 1
+        self.level = max(self.level, level)
+        self.processes[process.number] = process
+        self.hosts.add(process.host or process.origin)
+        if ts is not None:
+            self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+            self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+
+
+EXAMPLE_KEYS = (
+    "cause", "cause_evidence", "closed_by", "failed_in", "driver_closed_in", "driver_closed_between",
+    "transaction_started_in", "held_s", "error_type", "error", "policy", "fork_noticed", "forked_in",
+    "handled_by", "hint", "problem", "holders",
+)  # fmt: skip
+
+
+class Deployment:
+    """The fold: ``add()`` each event, then read ``processes``, ``problems`` and ``lives``."""
+
+    def __init__(self, since: Optional[float] = None, until: Optional[float] = None) -> None:
+        self.since = since
+        self.until = until
+        self.filtered = 0
+        self.processes: list[Process] = []
+        self.problems: dict[str, Problem] = {}
+        self.kinds: Counter[str] = Counter()
+        self.lives_total = 0
+        self.lives_ended = 0
+        self.lives_dropped = 0
+        self.kept: dict[tuple[int, Any], Life] = {}
+        self.sampled: dict[tuple[int, Any], Life] = {}
+        self._current: dict[tuple[str, int], Process] = {}
+        self._hostless: dict[tuple[str, int], Process] = {}  # (directory, pid): files without a host
+        self._open: dict[tuple[int, Any], Life] = {}
+        self._recent: OrderedDict[tuple[int, Any], Life] = OrderedDict()
+
+    # -- processes
+
+    def _new_process(self, origin: str, host: Optional[str], pid: int, start: int, source: str) -> Process:
+        process = Process(len(self.processes), origin, host, pid, start, source)
+        self.processes.append(process)
+        self._current[(origin, pid)] = process
+        if host is None:
+            self._hostless[(os.path.dirname(source), pid)] = process
+        return process
+
+    def _find(self, origin: str, host: Optional[str], pid: int, source: str) -> Process:
+        """Return the process ``pid`` at ``origin`` (for files without a host: in the same directory)."""
+        process = self._current.get((origin, pid))
+        if process is None and host is None:
+            process = self._hostless.get((os.path.dirname(source), pid))
+        return process or self._new_process(origin, host, pid, 0, source)
+
+    def _process_of(self, source: str, event: dict[str, Any]) -> Process:
+        host = event.get("host")
+        host = str(host) if host else None
+        origin = host or source
+        pid = event.get("pid")
+        pid = pid if isinstance(pid, int) else 0
+        process = self._current.get((origin, pid))
+        seq = event.get("seq")
+        if process is None:
+            process = self._new_process(origin, host, pid, 0, source)
+        elif isinstance(seq, int) and (
+            (seq == 1 and process.seen_first) or seq < process.max_seq - REORDER_WINDOW
+        ):
+            process = self._new_process(origin, host, pid, process.start + 1, source)
+        if isinstance(seq, int):
+            if seq == 1:
+                process.seen_first = True
+            if seq > process.max_seq:
+                process.max_seq = seq
+        return process
+
+    # -- lives
+
+    def _life(self, process: Process, event: dict[str, Any], source: str) -> Optional[Life]:
+        conn_id = event.get("conn_id")
+        if conn_id is None:
+            return None
+        opener_pid = event.get("opened_by_pid")
+        if not isinstance(opener_pid, int):
+            opener_pid = process.inherited.get(conn_id, process.pid)
+        opener = (
+            process
+            if opener_pid == process.pid
+            else self._find(process.origin, process.host, opener_pid, source)
+        )
+        key = (opener.number, conn_id)
+        life = self._open.get(key) or self.kept.get(key) or self._recent.get(key) or self.sampled.get(key)
+        if life is None:
+            self.lives_total += 1
+            life = Life(self.lives_total, opener, conn_id)
+            self._open[key] = life
+            if len(self.sampled) < SAMPLED_LIVES:
+                self.sampled[key] = life
+        if life.opened_in is None:
+            life.opened_in = event.get("opened_in")
+            life.alias = event.get("alias")
+        if life.backend_pid is None and isinstance(event.get("backend_pid"), int):
+            life.backend_pid = event["backend_pid"]
+        return life
+
+    def _end(self, life: Life, ts: Optional[float]) -> None:
+        key = (life.opener.number, life.conn_id)
+        if self._open.pop(key, None) is None:
+            return
+        life.ended_ts = ts
+        self.lives_ended += 1
+        self._recent[key] = life
+        if len(self._recent) > RECENT_LIVES:
+            self._recent.popitem(last=False)
+
+    def _keep(self, life: Life) -> None:
+        key = (life.opener.number, life.conn_id)
+        if key not in self.kept:
+            if len(self.kept) < KEPT_LIVES:
+                self.kept[key] = life
+            else:
+                self.lives_dropped += 1
+
+    # -- the fold
+
+    def add(self, source: str, event: dict[str, Any]) -> None:
+        """Fold one event in."""
+        ts = event_time(event)
+        if ts is not None and (
+            (self.since is not None and ts < self.since) or (self.until is not None and ts > self.until)
+        ):
+            self.filtered += 1
+            return
+        process = self._process_of(source, event)
+        process.events += 1
+        process.seen_at(ts)
+        name = event["event"]
+        if name in OPENED:
+            process.opened += 1
+            life = self._life(process, event, source)
+            if life is not None and life.opened_ts is None:
+                life.opened_ts = ts
+            return
+        if name == Event.CONNECTION_CLOSED:
+            process.closed += 1
+            life = self._life(process, event, source)
+            if life is not None:
+                outcome = str(event.get("outcome"))
+                life.closes.append((process, outcome, ts))
+                if outcome in ENDINGS and life.opener is process:
+                    self._end(life, ts)
+            return
+        if name == Event.REPORTS_REPEATED:
+            for repeat in event.get("repeats") or ():
+                if isinstance(repeat, dict) and repeat.get("opened_in") in self.problems:
+                    self.problems[repeat["opened_in"]].left_out += int(repeat.get("count") or 0)
+            return
+        if name in advice.PROBLEM_EVENTS:
+            self._problem(source, process, event, ts)
+
+    def _problem(self, source: str, process: Process, event: dict[str, Any], ts: Optional[float]) -> None:
+        name = event["event"]
+        kind = advice.kind(event)
+        level = LEVELS.get(str(event.get("level") or event.get("log_level") or "").lower(), WARNING)
+        culprit = advice.culprit(event)
+        problem = self.problems.get(culprit)
+        if problem is None:
+            problem = self.problems[culprit] = Problem(culprit, event)
+        problem.add(kind, level, process, ts)
+        if kind not in problem.examples:
+            problem.examples[kind] = {key: event[key] for key in EXAMPLE_KEYS if key in event}
+        self.kinds[kind] += 1
+        process.problems[kind] += 1
+        if name == Event.CONNECTION_FORK_INHERITED:
+            problem.inheritors.add(process.number)
+            parent_pid = event.get("parent_pid")
+            if isinstance(parent_pid, int):
+                process.parent_pid = parent_pid
+            if isinstance(event.get("opened_by_pid"), int):
+                process.inherited[event.get("conn_id")] = event["opened_by_pid"]
+        life = self._life(process, event, source)
+        if life is None:
+            return
+        life.marks.append((kind, process, ts, level))
+        life.problems.add(culprit)
+        if name == Event.CONNECTION_FORK_INHERITED:
+            life.inherited_by.append(process)
+        elif name == Event.CONNECTION_INHERITED_USED:
+            life.used_by.append(process)
+        elif name == Event.CONNECTION_DOUBLE_CLOSE:
+            life.closes.append((process, Outcome.ALREADY_CLOSED, ts))
+            if life.opener is process:
+                self._end(life, ts)
+        elif name == Event.CONNECTION_ABANDONED and life.opener is process:
+            self._end(life, ts)
+        self._keep(life)
+        if len(problem.lives) < LIVES_PER_PROBLEM and life not in problem.lives:
+            problem.lives.append(life)
+
+    # -- at the end
+
+    def finish(self) -> None:
+        """Link each process to its parent, and each lost or double-closed life to its killer."""
+        for process in self.processes:
+            if process.parent_pid is not None:
+                parent = self._current.get((process.origin, process.parent_pid))
+                if parent is None and process.host is None:
+                    parent = self._hostless.get((os.path.dirname(process.source), process.parent_pid))
+                if parent is not None and parent is not process:
+                    process.parent = parent
+                    parent.children.append(process)
+        for life in self.kept.values():
+            self._who_killed(life)
+
+    def _who_killed(self, life: Life) -> None:
+        """Tie a loss or a double close in one process to another process's close of the same session."""
+        for kind, victim, ts, _ in life.marks:
+            if kind.split(":")[0] not in KILLING:
+                continue
+            closers = [
+                (closer, at)
+                for closer, outcome, at in life.closes
+                if closer is not victim
+                and outcome == Outcome.CLOSED
+                and (ts is None or at is None or at <= ts)
+            ]
+            if closers:
+                life.killed_by = max(closers, key=lambda c: c[1] or 0.0)[0]
+                for culprit in life.problems:
+                    self.problems[culprit].killers[life.killed_by.label] += 1
+                return
+
+    def open_lives(self) -> int:
+        """Return how many lives were still open when the logs ended."""
+        return len(self._open)

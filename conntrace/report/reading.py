@@ -1,0 +1,117 @@
+"""Read conntrace's events from log files: JSON lines among any other lines, plain or gzip.
+
+Takes files, directories (every file below, in sorted order) and ``-`` (stdin);
+gzip is told by its magic bytes, not by the name. A line is parsed only when
+it holds one of conntrace's event names: other lines are counted and skipped
+for the price of a substring search, lines that look like an event but do not
+parse (truncated, corrupt) are counted as corrupt. A damaged gzip file gives
+the lines before the damage and one line saying where it broke. Streaming: one
+line in memory at a time. Nothing here knows what is made of the events.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import sys
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from conntrace.names import Event
+
+GZIP_MAGIC = b"\x1f\x8b"
+STDIN = "-"
+EVENT_NAMES = frozenset(event.value for event in Event)
+# Every event name starts with one of these: the cheap test that spares json.loads most other lines.
+MARKERS = (b'"connection_', b'"conntrace_', b'"pool_exhausted"', b'"asgi_persistent_connections"')
+
+
+class UnreadableInput(Exception):
+    """A path given that does not exist or cannot be read: the message is one line."""
+
+
+@dataclass
+class ReadStats:
+    """What was read: counts of lines by kind, and one line per damaged file."""
+
+    files: int = 0
+    lines: int = 0
+    events: int = 0
+    other: int = 0  # not conntrace's: skipped
+    corrupt: int = 0  # looked like conntrace's but did not parse as one JSON object
+    damaged: list[str] = field(default_factory=list)
+
+
+def expand(paths: list[str]) -> list[str]:
+    """Return the files ``paths`` name, directories walked in sorted order; raise ``UnreadableInput``."""
+    files: list[str] = []
+    for path in paths:
+        if path == STDIN:
+            files.append(path)
+        elif os.path.isdir(path):
+            if not os.access(path, os.R_OK | os.X_OK):
+                raise UnreadableInput(f"cannot read directory {path}")
+            for directory, subdirectories, names in os.walk(path):
+                subdirectories.sort()
+                files.extend(os.path.join(directory, name) for name in sorted(names))
+        elif not os.path.exists(path):
+            raise UnreadableInput(f"no such file or directory: {path}")
+        elif not os.access(path, os.R_OK):
+            raise UnreadableInput(f"cannot read {path}: permission denied")
+        else:
+            files.append(path)
+    return files
+
+
+def _open(path: str) -> IO[bytes]:
+    raw: IO[bytes] = sys.stdin.buffer if path == STDIN else open(path, "rb")  # noqa: SIM115
+    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+    if buffered.peek(2)[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=buffered)  # type: ignore[return-value]
+    return buffered
+
+
+def parse(raw: bytes) -> Any:
+    """Return the JSON object of one line, the JSON possibly after a prefix (a timestamp, a level)."""
+    start = raw.find(b"{")
+    return json.loads(raw if start == 0 else raw[start:])
+
+
+def events(paths: list[str], stats: ReadStats) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(source, event)`` for every conntrace event in ``paths``, counting the rest in ``stats``."""
+    for path in expand(paths):
+        source = "<stdin>" if path == STDIN else path
+        try:
+            stream = _open(path)
+        except OSError as exc:
+            raise UnreadableInput(f"cannot read {path}: {exc.strerror or exc}") from None
+        stats.files += 1
+        number = 0
+        try:
+            for raw in stream:
+                number += 1
+                if not any(marker in raw for marker in MARKERS):
+                    stats.other += 1
+                    continue
+                try:
+                    event = parse(raw)
+                except (ValueError, RecursionError):
+                    stats.corrupt += 1
+                    continue
+                if type(event) is not dict or event.get("event") not in EVENT_NAMES:
+                    stats.other += 1
+                    continue
+                stats.events += 1
+                yield source, event
+        except (OSError, EOFError, zlib.error) as exc:
+            stats.damaged.append(
+                f"{source}: damaged after line {number} ({exc}); the lines before it were read"
+            )
+        finally:
+            stats.lines += number
+            if path != STDIN:
+                stream.close()
