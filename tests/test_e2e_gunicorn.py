@@ -50,26 +50,38 @@ def bouncer() -> Iterator[PgBouncer]:
 class Run:
     """One gunicorn run under load: what the clients saw, the server's log and conntrace's events."""
 
-    def __init__(self, outcomes: Counter[str], server_log: str, events: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, outcomes: Counter[str], server_log: str, events: list[dict[str, Any]], requests: int = REQUESTS
+    ) -> None:
         self.outcomes = outcomes
         self.server_log = server_log
         self.events = events
         self.server_errors = len(SERVER_ERROR.findall(server_log))
-        self.failed = REQUESTS - outcomes["ok"]
+        self.requests = requests
+        self.failed = requests - outcomes["ok"]
         self.master_pid = int(re.search(r"Listening at: \S+ \((\d+)\)", server_log).group(1))
         self.worker_pids = {int(p) for p in re.findall(r"Booting worker with pid: (\d+)", server_log)}
 
     def summary(self) -> str:
         return (
-            f"{self.failed}/{REQUESTS} requests failed {dict(self.outcomes)}, "
+            f"{self.failed}/{self.requests} requests failed {dict(self.outcomes)}, "
             f"{self.server_errors} errors in the server log, {len(self.worker_pids)} workers forked"
         )
 
 
 def serve_and_load(
-    bouncer: PgBouncer, tmp_path: Path, installed: bool, policy: str, config: str | None = None
+    bouncer: PgBouncer,
+    tmp_path: Path,
+    installed: bool,
+    policy: str,
+    config: str | None = None,
+    requests: int = REQUESTS,
+    log_dir: Path | None = None,
 ) -> Run:
-    """Run gunicorn with --preload in front of pgbouncer, fire the requests, stop it and collect."""
+    """Run gunicorn with --preload in front of pgbouncer, fire the requests, stop it and collect.
+
+    With ``log_dir``, every process also writes its events there, one file per process, debug included.
+    """
     label = f"{'on' if installed else 'off'}-{policy}{'-conf' if config else ''}"
     event_log = tmp_path / f"events-{label}.jsonl"
     server_log = tmp_path / f"gunicorn-{label}.log"
@@ -82,6 +94,7 @@ def serve_and_load(
         CONNTRACE_E2E_FORK_POLICY=policy,
         CONNTRACE_E2E_LOG=str(event_log),
         CONNTRACE_E2E_WATCHDOG_INTERVAL_S="0.05",  # looks 20 times a second in every worker
+        **({"CONNTRACE_E2E_LOG_DIR": str(log_dir)} if log_dir else {}),
     )
     command = [
         sys.executable, "-m", "gunicorn", "tests.e2e.wsgi:application",
@@ -93,11 +106,11 @@ def serve_and_load(
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_listening(port, server, name="gunicorn")
-            outcomes = client.load(port, REQUESTS, CONCURRENCY, LOAD_DEADLINE_S)
+            outcomes = client.load(port, requests, CONCURRENCY, LOAD_DEADLINE_S)
         finally:
             stop(server)
     events = [json.loads(line) for line in event_log.read_text().splitlines()] if event_log.exists() else []
-    return Run(outcomes, server_log.read_text(errors="replace"), events)
+    return Run(outcomes, server_log.read_text(errors="replace"), events, requests)
 
 
 def test_preloaded_workers_fail_without_the_reset_and_never_with_it(bouncer, tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Optional
 
-from conntrace.report.model import WARNING, Deployment, Life, Problem, Process
+from conntrace.report.model import WARNING, Deployment, Life, Problem, Process, epoch
 from conntrace.report.reading import ReadStats
 
 LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
@@ -33,10 +33,10 @@ def _process(process: Process) -> dict[str, Any]:
         "parent": process.parent.number if process.parent else None,
         "parent_pid": process.parent_pid,
         "children": [child.number for child in process.children],
-        "first_seen": iso(process.first_ts),
-        "last_seen": iso(process.last_ts),
-        "first_ts": process.first_ts,
-        "last_ts": process.last_ts,
+        "first_seen": iso(epoch(process.first_ts)),
+        "last_seen": iso(epoch(process.last_ts)),
+        "first_ts": epoch(process.first_ts),
+        "last_ts": epoch(process.last_ts),
         "events": process.events,
         "opened": process.opened,
         "closed": process.closed,
@@ -52,22 +52,22 @@ def _life(life: Life) -> dict[str, Any]:
         "alias": life.alias,
         "backend_pid": life.backend_pid,
         "opened_in": life.opened_in,
-        "opened_at": iso(life.opened_ts),
-        "ended_at": iso(life.ended_ts),
-        "opened_ts": life.opened_ts,
-        "ended_ts": life.ended_ts,
+        "opened_at": iso(epoch(life.opened_ts)),
+        "ended_at": iso(epoch(life.ended_ts)),
+        "opened_ts": epoch(life.opened_ts),
+        "ended_ts": epoch(life.ended_ts),
         "inherited_by": [process.number for process in life.inherited_by],
         "used_by": [process.number for process in life.used_by],
         "closes": [
-            {"by": process.number, "outcome": outcome, "at": iso(ts), "ts": ts}
+            {"by": process.number, "outcome": outcome, "at": iso(epoch(ts)), "ts": epoch(ts)}
             for process, outcome, ts in life.closes
         ],
         "marks": [
             {
                 "kind": kind,
                 "by": process.number,
-                "at": iso(ts),
-                "ts": ts,
+                "at": iso(epoch(ts)),
+                "ts": epoch(ts),
                 "level": LEVEL_NAMES.get(level, str(level)),
             }
             for kind, process, ts, level in life.marks

@@ -18,6 +18,7 @@ from conntrace.report import model
 MAX_LANES = 300
 MAX_BARS = 5_000
 MAX_TABLE_LIVES = 2_000
+OPEN_AT_END = "open when the logs end"
 WIDTH = 1100
 LABEL_W = 230
 LANE_H = 18
@@ -124,7 +125,7 @@ def _timeline(findings: dict[str, Any]) -> tuple[str, str]:
         axis = axis_of[life["opened_by"]]
         opener = findings["processes"][life["opened_by"]]
         x0 = axis.x(life["opened_ts"], opener["first_ts"] or axis.start)
-        x1 = axis.x(life["ended_ts"], opener["last_ts"] or axis.start + axis.span)
+        x1 = axis.x(life["ended_ts"], axis.start + axis.span)  # still open when the logs end: to the edge
         y = row[life["opened_by"]] * LANE_H + 23
         colour = "#c0392b" if life["problems"] else "#5dade2"
         tip = f"life #{life['id']} conn {life['conn_id']} {life['alias']} opened in {life['opened_in']}"
@@ -182,7 +183,8 @@ def _lives_table(findings: dict[str, Any]) -> str:
         rows.append(
             f'<tr id="life-{life["id"]}"><td>#{life["id"]}</td><td>{_e(labels[life["opened_by"]])}</td>'
             f"<td>{_e(life['conn_id'])}</td><td>{_e(life['alias'])}</td><td>{_e(life['backend_pid'])}</td>"
-            f"<td>{_e(life['opened_in'])}</td><td>{_e(life['opened_at'])}</td><td>{_e(life['ended_at'])}</td>"
+            f"<td>{_e(life['opened_in'])}</td><td>{_e(life['opened_at'])}</td>"
+            f"<td>{_e(life['ended_at'] or OPEN_AT_END)}</td>"
             f"<td>{_e(', '.join(labels[p] for p in life['inherited_by']))}</td>"
             f"<td>{closes}</td><td>{marks}</td>"
             f"<td>{_e(killer)}</td></tr>"

@@ -48,13 +48,19 @@ def hold_forever() -> None:
 def reported(out_dir: str, pid: int) -> bool:
     """Wait until ``connection_held_long`` from process ``pid`` is in the event log."""
     deadline = time.monotonic() + WAIT_S
-    path = os.path.join(out_dir, "events.jsonl")
+    per_process = os.environ.get("CONNTRACE_E2E_LOG_DIR")  # one file per process (forkscenario.configure)
+    path = (
+        os.path.join(per_process, f"events-{pid}.jsonl")
+        if per_process
+        else os.path.join(out_dir, "events.jsonl")
+    )
     while time.monotonic() < deadline:
-        with open(path) as log:
-            for text in log:
-                event = json.loads(text)
-                if event["event"] == "connection_held_long" and event["pid"] == pid:
-                    return True
+        if os.path.exists(path):
+            with open(path) as log:
+                for text in log:
+                    event = json.loads(text)
+                    if event["event"] == "connection_held_long" and event["pid"] == pid:
+                        return True
         time.sleep(0.05)
     return False
 
