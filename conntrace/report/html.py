@@ -14,6 +14,7 @@ from html import escape
 from typing import Any, Optional
 
 from conntrace.report import model
+from conntrace.report.findings import iso
 
 MAX_LANES = 300
 MAX_BARS = 5_000
@@ -44,7 +45,7 @@ def _e(value: Any) -> str:
     return escape(str(value), quote=True)
 
 
-def _problem(number: int, problem: dict[str, Any], labels: dict[int, str]) -> str:
+def _problem(number: int, problem: dict[str, Any]) -> str:
     kinds = ", ".join(f"{_e(kind)} x{count}" for kind, count in problem["kinds"].items())
     lives = " ".join(f'<a href="#life-{n}">#{n}</a>' for n in problem["lives"])
     killers = ", ".join(_e(k) for k in problem["killed_by"])
@@ -94,6 +95,32 @@ class Axis:
         return LABEL_W + (value - self.start) / self.span * PLOT_W
 
 
+def _place(
+    process: int, ts: Optional[float], row: dict[int, int], axis_of: dict[int, Axis], default: float
+) -> Optional[tuple[float, int]]:
+    """Return where a close or a mark by ``process`` at ``ts`` goes, or None if its lane is not drawn."""
+    if process not in row:
+        return None
+    return axis_of[process].x(ts, default), row[process] * LANE_H + 20
+
+
+def _close_svg(place: tuple[float, int], close: dict[str, Any], life: int) -> str:
+    x, y = place
+    return (
+        f'<rect x="{x - 1:.1f}" y="{y}" width="2" height="{LANE_H - 2}" fill="#1b4f72">'
+        f"<title>{_e(close['outcome'])} (life #{life})</title></rect>"
+    )
+
+
+def _mark_svg(place: tuple[float, int], mark: dict[str, Any], life: int) -> str:
+    x, y = place
+    fill = MARK_COLOURS.get(mark["level"], "#e67e22")
+    return (
+        f'<a href="#life-{life}"><path d="M{x:.1f} {y + 1} l5 7 l-5 7 l-5 -7 z" fill="{fill}">'
+        f"<title>{_e(mark['kind'])} ({_e(mark['level'])}, life #{life})</title></path></a>"
+    )
+
+
 def _timeline(findings: dict[str, Any]) -> tuple[str, str]:
     """Return the SVG and a note on what it leaves out."""
     lanes = _lanes(findings)
@@ -114,7 +141,7 @@ def _timeline(findings: dict[str, Any]) -> tuple[str, str]:
     for host, axis in axes.items():
         y = row[hosts[host][0]["id"]] * LANE_H + 16
         parts.append(
-            f'<text x="{LABEL_W}" y="{y}" fill="#555">{_e(host)}: {_e(model_iso(axis.start))} '
+            f'<text x="{LABEL_W}" y="{y}" fill="#555">{_e(host)}: {_e(iso(axis.start))} '
             f"+{axis.span:.3f} s (this host's clock)</text>"
         )
     bars = 0
@@ -133,24 +160,12 @@ def _timeline(findings: dict[str, Any]) -> tuple[str, str]:
             f'<a href="#life-{life["id"]}"><rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 2):.1f}" '
             f'height="{LANE_H - 8}" fill="{colour}" opacity="0.7"><title>{_e(tip)}</title></rect></a>'
         )
-        for close in life["closes"]:
-            if close["by"] in row:
-                cx = axis_of[close["by"]].x(close["ts"], x1)
-                cy = row[close["by"]] * LANE_H + 20
-                parts.append(
-                    f'<rect x="{cx - 1:.1f}" y="{cy}" width="2" height="{LANE_H - 2}" fill="#1b4f72">'
-                    f"<title>{_e(close['outcome'])} (life #{life['id']})</title></rect>"
-                )
-        for mark in life["marks"]:
-            if mark["by"] in row:
-                mx = axis_of[mark["by"]].x(mark["ts"], x0)
-                my = row[mark["by"]] * LANE_H + 20
-                fill = MARK_COLOURS.get(mark["level"], "#e67e22")
-                parts.append(
-                    f'<a href="#life-{life["id"]}">'
-                    f'<path d="M{mx:.1f} {my + 1} l5 7 l-5 7 l-5 -7 z" fill="{fill}">'
-                    f"<title>{_e(mark['kind'])} ({_e(mark['level'])}, life #{life['id']})</title></path></a>"
-                )
+        points = [(close, x1, _close_svg) for close in life["closes"]]
+        points += [(mark, x0, _mark_svg) for mark in life["marks"]]
+        for point, default, draw in points:
+            place = _place(point["by"], point["ts"], row, axis_of, default)
+            if place:
+                parts.append(draw(place, point, life["id"]))
     parts.append("</svg>")
     note = []
     if len(lanes) > len(drawn):
@@ -165,12 +180,6 @@ def _timeline(findings: dict[str, Any]) -> tuple[str, str]:
             "the rest are counted in the totals."
         )
     return "".join(parts), " ".join(note)
-
-
-def model_iso(ts: float) -> str:
-    from conntrace.report.findings import iso
-
-    return iso(ts) or ""
 
 
 def _lives_table(findings: dict[str, Any]) -> str:
@@ -202,10 +211,8 @@ def _lives_table(findings: dict[str, Any]) -> str:
 def render(findings: dict[str, Any]) -> str:
     """Return the whole page."""
     read = findings["input"]
-    labels = {p["id"]: p["label"] for p in findings["processes"]}
     problems = (
-        "".join(_problem(n, p, labels) for n, p in enumerate(findings["problems"], 1))
-        or "<p>No problems found.</p>"
+        "".join(_problem(n, p) for n, p in enumerate(findings["problems"], 1)) or "<p>No problems found.</p>"
     )
     damaged = "".join(f'<div class="damaged">damaged: {_e(line)}</div>' for line in read["damaged"])
     svg, note = _timeline(findings)
