@@ -105,13 +105,17 @@ def test_other_programs_lines_garbage_empty_and_binary_files_are_skipped_and_cou
     (tmp_path / "empty.log").write_text("")
     (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 40 + b'\x00"connection_\xff\xfe\n' * 3)
     (tmp_path / "garbage.txt").write_text("}{][\n" * 50 + "\ufffd\x00\n")
+    (tmp_path / "gone.log").symlink_to(tmp_path / "rotated-away.log")  # a dangling link
+    os.mkfifo(tmp_path / "pipe")  # never opened: it would block
 
     found = read(tmp_path)
     assert found["problems"] == read(logs.directory)["problems"]
     assert found["input"]["files"] == 4
     assert found["input"]["events"] == len(logs.events)
     assert found["input"]["corrupt_lines"] == 2 + 3  # the cut event, the prose line; the binary lines
-    assert found["input"]["damaged"] == []
+    assert found["input"]["damaged"] == [
+        f"{tmp_path / 'gone.log'}: cannot read (No such file or directory); left out"
+    ]
 
 
 def test_gzip_is_told_by_its_magic_and_a_truncated_gzip_gives_the_lines_before_the_damage(logs, tmp_path):

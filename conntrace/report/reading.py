@@ -45,24 +45,30 @@ class ReadStats:
     damaged: list[str] = field(default_factory=list)
 
 
-def expand(paths: list[str]) -> list[str]:
-    """Return the files ``paths`` name, directories walked in sorted order; raise ``UnreadableInput``."""
-    files: list[str] = []
+def expand(paths: list[str]) -> list[tuple[str, bool]]:
+    """Return ``(file, given)`` for the files ``paths`` name, directories walked in sorted order.
+
+    A path given that cannot be read raises ``UnreadableInput``; what a walk finds is read if it
+    can be (``given`` False: a failure is one ``damaged`` line). Only regular files are walked
+    into: a FIFO or a socket in a log directory would block the reader.
+    """
+    files: list[tuple[str, bool]] = []
     for path in paths:
         if path == STDIN:
-            files.append(path)
+            files.append((path, True))
         elif os.path.isdir(path):
             if not os.access(path, os.R_OK | os.X_OK):
                 raise UnreadableInput(f"cannot read directory {path}")
             for directory, subdirectories, names in os.walk(path):
                 subdirectories.sort()
-                files.extend(os.path.join(directory, name) for name in sorted(names))
+                found = (os.path.join(directory, name) for name in sorted(names))
+                files.extend((file, False) for file in found if os.path.isfile(file) or os.path.islink(file))
         elif not os.path.exists(path):
             raise UnreadableInput(f"no such file or directory: {path}")
         elif not os.access(path, os.R_OK):
             raise UnreadableInput(f"cannot read {path}: permission denied")
         else:
-            files.append(path)
+            files.append((path, True))
     return files
 
 
@@ -92,12 +98,15 @@ def parse(raw: bytes) -> Any:
 
 def events(paths: list[str], stats: ReadStats) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(source, event)`` for every conntrace event in ``paths``, counting the rest in ``stats``."""
-    for path in expand(paths):
+    for path, given in expand(paths):
         source = "<stdin>" if path == STDIN else path
         try:
             stream = _open(path)
         except OSError as exc:
-            raise UnreadableInput(f"cannot read {path}: {exc.strerror or exc}") from None
+            if given:
+                raise UnreadableInput(f"cannot read {path}: {exc.strerror or exc}") from None
+            stats.damaged.append(f"{source}: cannot read ({exc.strerror or exc}); left out")
+            continue
         stats.files += 1
         number = 0
         try:
