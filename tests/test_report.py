@@ -192,7 +192,9 @@ def test_without_a_host_field_each_directory_is_kept_apart(logs, tmp_path):
     hostless = [{k: v for k, v in event.items() if k != "host"} for event in logs.events]
     for where in ("a", "b"):
         for pid in {event["pid"] for event in hostless}:
-            write_lines(tmp_path / where / f"events-{pid}.jsonl", [e for e in hostless if e["pid"] == pid])
+            # The parent's file last: its children's events name it before its own are read.
+            name = "zz-parent.jsonl" if pid == logs.parent_pid else f"events-{pid}.jsonl"
+            write_lines(tmp_path / where / name, [e for e in hostless if e["pid"] == pid])
     found = read(tmp_path)
     roots = [p for p in found["processes"] if p["parent"] is None]
     assert len(roots) == 2
@@ -200,6 +202,11 @@ def test_without_a_host_field_each_directory_is_kept_apart(logs, tmp_path):
         directory = os.path.dirname(root["source"])
         assert {os.path.dirname(found["processes"][n]["source"]) for n in root["children"]} == {directory}
         assert pids(found, root["children"]) == logs.child_pids
+        assert os.path.basename(root["source"]) == "zz-parent.jsonl"
+    assert len(found["processes"]) == 2 * (1 + len(logs.child_pids))
+    assert list(found["problems"][0]["killed_by"]) == [
+        f"events-{logs.killer_pid}.jsonl pid {logs.killer_pid}"
+    ]
 
 
 def test_a_pid_used_again_is_a_new_process(logs, tmp_path):

@@ -9,8 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Optional
 
-from conntrace.report.model import WARNING, Deployment, Life, Problem, Process, epoch
+from conntrace.report.entities import Life, Problem, Process
+from conntrace.report.model import WARNING, Deployment
 from conntrace.report.reading import ReadStats
+from conntrace.report.times import epoch
 
 LEVEL_NAMES = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical"}
 

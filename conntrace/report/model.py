@@ -1,4 +1,4 @@
-"""A deployment told by its events: processes, their fork tree, connection lives and problems.
+"""The fold: a deployment's events, one at a time, into processes, their fork tree, lives and problems.
 
 Folded one event at a time, in the order the files give them. A process is
 (where, pid, start): "where" is the ``host`` field when the events carry one,
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 from collections import Counter, OrderedDict
-from datetime import UTC, datetime
 from typing import Any, Optional
 
 from conntrace.names import Event, Outcome
 from conntrace.report import advice
+from conntrace.report.entities import Life, Problem, Process
+from conntrace.report.times import epoch, event_time
 
 KEPT_LIVES = 20_000
 SAMPLED_LIVES = 2_000
@@ -30,7 +31,6 @@ LIVES_PER_PROBLEM = 50
 REORDER_WINDOW = 1_000
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40, "exception": 40, "critical": 50}
 WARNING = 30
-TIME_KEYS = ("timestamp", "time", "ts", "@timestamp")
 # Plain strings on the per-event path: comparing a str with a StrEnum member costs 5 times more.
 OPENED = frozenset({Event.CONNECTION_OPENED.value, Event.CONNECTION_CHECKED_OUT.value})
 CLOSED = Event.CONNECTION_CLOSED.value
@@ -39,199 +39,6 @@ ENDINGS = frozenset(
     {Outcome.CLOSED, Outcome.RETURNED_TO_POOL, Outcome.ABANDONED, Outcome.DISCARDED_AFTER_FORK}
 )
 KILLING = frozenset({Event.CONNECTION_LOST, Event.CONNECTION_DOUBLE_CLOSE})
-
-_second_cache: dict[tuple[str, str], float] = {}
-
-
-def epoch(value: Any) -> Optional[float]:
-    """Return seconds since the epoch of an ISO 8601 time (naive: UTC) or a number; None if neither.
-
-    The whole seconds are parsed once per distinct second, the fraction as a float.
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, str) or len(value) < 19:
-        return None
-    head, rest = value[:19], value[19:]
-    fraction = 0.0
-    if rest[-1:] == "Z" and rest[:1] == ".":  # structlog's TimeStamper(fmt="iso"): the usual case first
-        base = _second_cache.get((head, "Z"))
-        if base is not None:
-            try:
-                return base + float(rest[:-1])
-            except ValueError:
-                return None
-    if rest[:1] == ".":
-        end = 1
-        while end < len(rest) and rest[end].isdigit():
-            end += 1
-        fraction = float(rest[:end]) if end > 1 else 0.0
-        rest = rest[end:]
-    key = (head, rest)
-    base = _second_cache.get(key)
-    if base is None:
-        try:
-            moment = datetime.fromisoformat(head + ("+00:00" if rest in ("Z", "z") else rest))
-        except ValueError:
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        if len(_second_cache) > 100_000:
-            _second_cache.clear()
-        base = _second_cache[key] = moment.timestamp()
-    return base + fraction
-
-
-def event_time(event: dict[str, Any]) -> Any:
-    """Return the time of ``event`` as written (an ISO 8601 string or a number), from its first time field.
-
-    Kept as written and read with ``epoch()`` only when shown or compared across processes: one
-    process writes one format, whose strings sort as its times do (and parsing each costs ~1 µs).
-    """
-    value = event.get("timestamp")
-    if value is None:
-        for key in TIME_KEYS:
-            if key in event:
-                return event[key]
-    return value
-
-
-class Process:
-    """One process: where, pid and start; its parent and children; what it opened, closed and reported."""
-
-    __slots__ = (
-        "children",
-        "closed",
-        "events",
-        "first_ts",
-        "host",
-        "inherited",
-        "last_ts",
-        "max_seq",
-        "number",
-        "opened",
-        "origin",
-        "parent",
-        "parent_pid",
-        "pid",
-        "problems",
-        "seen_first",
-        "source",
-        "start",
-    )  # fmt: skip
-
-    def __init__(
-        self, number: int, origin: str, host: Optional[str], pid: int, start: int, source: str
-    ) -> None:
-        self.number = number
-        self.origin = origin
-        self.host = host
-        self.pid = pid
-        self.start = start  # 0, then 1, 2... for a pid that started again
-        self.source = source
-        self.max_seq = 0
-        self.seen_first = False
-        self.parent_pid: Optional[int] = None
-        self.parent: Optional[Process] = None
-        self.children: list[Process] = []
-        self.first_ts: Any = None  # times as written (see event_time)
-        self.last_ts: Any = None
-        self.opened = 0
-        self.closed = 0
-        self.events = 0
-        self.problems: Counter[str] = Counter()
-        self.inherited: dict[Any, int] = {}  # conn_id -> pid of the process that opened it
-
-    @property
-    def label(self) -> str:
-        where = self.host or os.path.basename(self.source)
-        return f"{where} pid {self.pid}" + (f" (start {self.start + 1})" if self.start else "")
-
-    def seen_at(self, ts: Any) -> None:
-        if ts is None:
-            return
-        if self.last_ts is None:
-            self.first_ts = self.last_ts = ts
-            return
-        try:
-            if ts > self.last_ts:
-                self.last_ts = ts
-            elif ts < self.first_ts:
-                self.first_ts = ts
-        except TypeError:  # a process that wrote two formats: its first format wins
-            pass
-
-
-class Life:
-    """One connection's life across processes: opened, inherited, closed (by whom, how often), lost."""
-
-    __slots__ = (
-        "alias",
-        "backend_pid",
-        "closes",
-        "conn_id",
-        "ended_ts",
-        "inherited_by",
-        "killed_by",
-        "marks",
-        "number",
-        "opened_in",
-        "opened_ts",
-        "opener",
-        "problems",
-        "used_by",
-    )  # fmt: skip
-
-    def __init__(self, number: int, opener: Process, conn_id: Any) -> None:
-        self.number = number
-        self.opener = opener
-        self.conn_id = conn_id
-        self.alias: Optional[str] = None
-        self.backend_pid: Optional[int] = None
-        self.opened_in: Optional[str] = None
-        self.opened_ts: Any = None  # times as written (see event_time)
-        self.ended_ts: Any = None
-        # Most lives have no problem: what only problems add starts as a shared empty tuple.
-        self.inherited_by: tuple[Process, ...] = ()
-        self.used_by: tuple[Process, ...] = ()
-        self.closes: list[tuple[Process, str, Any]] = []
-        # (kind, process, time as written, level) of every problem event about this life
-        self.marks: tuple[tuple[str, Process, Any, int], ...] = ()
-        self.problems: frozenset[str] = frozenset()
-        self.killed_by: Optional[Process] = None
-
-
-class Problem:
-    """Every problem event with one culprit: kinds, processes, hosts, first and last seen, lives."""
-
-    def __init__(self, culprit: str, event: dict[str, Any]) -> None:
-        self.culprit = culprit
-        self.what_to_do = advice.what_to_do(event)
-        self.stack = advice.stack(event)
-        self.level = 0
-        self.count = 0
-        self.left_out = 0  # repeats a process counted instead of reporting (conntrace_reports_repeated)
-        self.kinds: Counter[str] = Counter()
-        self.processes: dict[int, Process] = {}
-        self.inheritors: set[int] = set()  # processes that reported inheriting the connection
-        self.hosts: set[str] = set()
-        self.first_ts: Optional[float] = None
-        self.last_ts: Optional[float] = None
-        self.lives: list[Life] = []
-        self.killers: Counter[str] = Counter()
-        self.examples: dict[str, dict[str, Any]] = {}  # kind -> its first event's telling fields
-
-    def add(self, kind: str, level: int, process: Process, ts: Optional[float]) -> None:
-        """Count one event of this problem (``ts``: epoch seconds)."""
-        self.count += 1
-        self.kinds[kind] += 1
-        self.level = max(self.level, level)
-        self.processes[process.number] = process
-        self.hosts.add(process.host or process.origin)
-        if ts is not None:
-            self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
-            self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
-
 
 EXAMPLE_KEYS = (
     "cause", "cause_evidence", "closed_by", "failed_in", "driver_closed_in", "driver_closed_between",
@@ -278,6 +85,15 @@ class Deployment:
             process = self._hostless.get((os.path.dirname(source), pid))
         return process or self._new_process(origin, host, pid, 0, source)
 
+    def _adopt(self, origin: str, pid: int, source: str) -> Optional[Process]:
+        """Return the process a child's event named (its opener) before its own file was read, if any."""
+        placeholder = self._hostless.get((os.path.dirname(source), pid))
+        if placeholder is None or placeholder.events:
+            return None
+        placeholder.origin, placeholder.source = origin, source
+        self._current[(origin, pid)] = placeholder
+        return placeholder
+
     def _process_of(self, source: str, event: dict[str, Any]) -> Process:
         seq = event.get("seq")
         process = self._current.get((event.get("host") or source, event.get("pid")))
@@ -290,7 +106,8 @@ class Deployment:
         pid = event.get("pid")
         pid = pid if isinstance(pid, int) else 0
         process = self._current.get((origin, pid))
-        seq = event.get("seq")
+        if process is None and host is None:
+            process = self._adopt(origin, pid, source)
         if process is None:
             process = self._new_process(origin, host, pid, 0, source)
         elif isinstance(seq, int) and (
