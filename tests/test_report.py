@@ -24,7 +24,8 @@ import pytest
 from django.core.management import call_command
 
 from benchmarks.log_report import replay
-from conntrace.report import cli, text
+from conntrace.report import cli, html, text
+from conntrace.report.findings import iso
 from tests.support import REPO, run_module
 
 pytestmark = [pytest.mark.postgres]
@@ -180,12 +181,13 @@ def test_two_hosts_with_the_same_pids_and_skewed_clocks_are_kept_apart(logs, tmp
         assert {child["host"] for child in children} == {root["host"]}
         assert {child["pid"] for child in children} == logs.child_pids
     assert {life["opened_by"] for life in found["lives"]} == {root["id"] for root in roots}
+    page = html.render(found)  # each host on its own clock, two hours apart
+    assert page.count("(this host's clock)") == 2
+    assert f"web-1: {iso(roots[0]['first_ts'])}" in page or f"web-1: {iso(roots[1]['first_ts'])}" in page
 
 
 def cli_iso(moment: float) -> str:
-    from conntrace.report.findings import iso
-
-    return iso(moment).replace(".000Z", "Z") if iso(moment) else ""
+    return iso(moment) or ""
 
 
 def test_without_a_host_field_each_directory_is_kept_apart(logs, tmp_path):
