@@ -15,6 +15,7 @@ can still find it); beyond that it is counted.
 from __future__ import annotations
 
 import os
+import sys
 from collections import Counter, OrderedDict
 from typing import Any, Optional
 
@@ -45,6 +46,11 @@ EXAMPLE_KEYS = (
     "transaction_started_in", "held_s", "error_type", "error", "policy", "fork_noticed", "forked_in",
     "handled_by", "hint", "problem", "holders",
 )  # fmt: skip
+
+
+def _shared(word: Any) -> Any:
+    """Return one shared copy of a string many lives hold (a line, an alias, an outcome)."""
+    return sys.intern(word) if word.__class__ is str else word
 
 
 class Deployment:
@@ -145,8 +151,8 @@ class Deployment:
             life = self._known[key] = self._open[key] = Life(self.lives_total, opener, conn_id)
             if len(self.sampled) < SAMPLED_LIVES:
                 self.sampled[key] = life
-            life.opened_in = event.get("opened_in")
-            life.alias = event.get("alias")
+            life.opened_in = _shared(event.get("opened_in"))
+            life.alias = _shared(event.get("alias"))
             life.backend_pid = event.get("backend_pid")
         elif life.opened_in is None:
             life.opened_in = event.get("opened_in")
@@ -202,7 +208,7 @@ class Deployment:
             process.closed += 1
             life = self._life(process, event, source)
             if life is not None:
-                outcome = str(event.get("outcome"))
+                outcome = _shared(str(event.get("outcome")))
                 life.closes.append((process, outcome, ts))
                 if outcome in ENDINGS and life.opener is process:
                     self._end(life, ts)
