@@ -81,6 +81,8 @@ def replay(events: list[dict[str, Any]], lines: int, processes: int, anomaly_eve
         pid = 20_000 + index
         batch = [opened, closed] if life % anomaly_every else [opened, *story, closed]
         for template in batch:
+            if written >= lines:
+                return
             seq[index] += 1
             clock += 0.0005
             event = {**template, "pid": pid, "conn_id": life, "seq": seq[index], "host": "bench-1"}
@@ -89,7 +91,7 @@ def replay(events: list[dict[str, Any]], lines: int, processes: int, anomaly_eve
             event["timestamp"] = datetime.fromtimestamp(clock, UTC).isoformat().replace("+00:00", "Z")
             yield json.dumps(event)
             written += 1
-            if written % 3 == 0:
+            if written % 3 == 0 and written < lines:
                 yield OTHER_LINES[written % len(OTHER_LINES)]
                 written += 1
 

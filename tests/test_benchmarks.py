@@ -230,3 +230,17 @@ def test_quick_benchmark_counts_no_call_into_conntrace_on_the_per_query_workload
     [w2] = [row for row in results["verdicts"] if row["workload"] == "W2"]
     assert w2["ok"] and w2["basis"] == "0 calls into conntrace per operation (counted)"
     assert "| yes: 0 calls into conntrace per operation (counted) |" in stdout
+
+
+@pytest.mark.postgres
+def test_the_report_benchmark_replays_real_events_and_reads_them_back():
+    """``python -m benchmarks.log_report``, small: its timings are never asserted, what it read is."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.log_report", "--lines", "6000", "--processes", "5", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["lines"], result["processes"], result["problems"]) == (6000, 5, 1)
+    assert 3000 < result["events"] < 6000  # the other lines are another program's
+    assert result["lives"] > 1500 and result["lines_per_cpu_s"] > 0
