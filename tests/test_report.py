@@ -211,6 +211,20 @@ def test_without_a_host_field_each_directory_is_kept_apart(logs, tmp_path):
     ]
 
 
+def test_without_the_connection_id_the_killer_is_found_by_backend_pid_in_the_same_family(logs, tmp_path):
+    # The children's reports name another conn_id: only the server's backend pid ties their close to it.
+    renamed = [{**e, "conn_id": 999} if e["event"] == "connection_fork_inherited" else e for e in logs.events]
+    write_lines(tmp_path / "web-1.jsonl", renamed)
+    [problem] = read(tmp_path)["problems"]
+    assert list(problem["killed_by"]) == [f"{logs.events[0]['host']} pid {logs.killer_pid}"]
+    # Another host's process with the same backend pid is not of the family.
+    (tmp_path / "web-1.jsonl").unlink()
+    write_lines(tmp_path / "a.jsonl", [e for e in renamed if e["pid"] != logs.killer_pid], host="web-1")
+    write_lines(tmp_path / "b.jsonl", [e for e in renamed if e["pid"] == logs.killer_pid], host="web-2")
+    [problem] = read(tmp_path)["problems"]
+    assert problem["killed_by"] == {}
+
+
 def test_a_pid_used_again_is_a_new_process(logs, tmp_path):
     parent = [e for e in logs.events if e["pid"] == logs.parent_pid]
     write_lines(tmp_path / "host.jsonl", parent + parent)  # the same pid, its seq back at 1

@@ -48,6 +48,18 @@ EXAMPLE_KEYS = (
 )  # fmt: skip
 
 
+def _family(process: Process) -> Process:
+    """Return the first ancestor of ``process`` the logs show (itself when none)."""
+    while process.parent is not None:
+        process = process.parent
+    return process
+
+
+def _closes(life: Life) -> list[tuple[Process, str, Optional[float]]]:
+    """Return the closes of ``life`` with their times in epoch seconds."""
+    return [(closer, outcome, epoch(at)) for closer, outcome, at in life.closes]
+
+
 def _shared(word: Any) -> Any:
     """Return one shared copy of a string many lives hold (a line, an alias, an outcome)."""
     return sys.intern(word) if word.__class__ is str else word
@@ -272,26 +284,42 @@ class Deployment:
                 if parent is not None and parent is not process:
                     process.parent = parent
                     parent.children.append(process)
+        sessions: dict[tuple[str, Any], list[Life]] = {}
+        for life in self._known.values():
+            if life.backend_pid is not None:
+                sessions.setdefault((life.opener.origin, life.backend_pid), []).append(life)
         for life in self.kept.values():
-            self._who_killed(life)
+            same = (
+                sessions.get((life.opener.origin, life.backend_pid), [life]) if life.backend_pid else [life]
+            )
+            self._who_killed(life, same)
 
-    def _who_killed(self, life: Life) -> None:
-        """Tie a loss or a double close in one process to another process's close of the same session."""
+    def _who_killed(self, life: Life, same_session: list[Life]) -> None:
+        """Tie a loss or a double close in one process to another process's close of the same session.
+
+        The same session is the same life (its ``conn_id``, followed into the children that inherited
+        it), or failing that a life of the same host and ``backend_pid`` in the same process family.
+        """
+        others = [other for other in same_session if other is not life]
         for kind, victim, written, _ in life.marks:
             if kind.split(":")[0] not in KILLING:
                 continue
             ts = epoch(written)
-            closers = [
-                (closer, epoch(at))
-                for closer, outcome, at in life.closes
-                if closer is not victim and outcome == Outcome.CLOSED
-            ]
-            closers = [(closer, at) for closer, at in closers if ts is None or at is None or at <= ts]
-            if closers:
-                life.killed_by = max(closers, key=lambda c: c[1] or 0.0)[0]
-                for culprit in life.problems:
-                    self.problems[culprit].killers[life.killed_by.label] += 1
-                return
+            for lives, family in (([life], None), (others, _family(victim))):
+                closers = [
+                    (closer, at)
+                    for other in lives
+                    for closer, outcome, at in _closes(other)
+                    if closer is not victim
+                    and outcome == Outcome.CLOSED
+                    and (family is None or _family(closer) is family)
+                    and (ts is None or at is None or at <= ts)
+                ]
+                if closers:
+                    life.killed_by = max(closers, key=lambda c: c[1] or 0.0)[0]
+                    for culprit in life.problems:
+                        self.problems[culprit].killers[life.killed_by.label] += 1
+                    return
 
     def open_lives(self) -> int:
         """Return how many lives were still open when the logs ended."""
