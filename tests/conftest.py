@@ -54,6 +54,15 @@ def named(logs: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
     return [entry for entry in logs if entry["event"] == event]
 
 
+# On every event (tests/test_events.py checks them): left out where a test compares whole events.
+STAMP = frozenset({"seq", "pid", "host"})
+
+
+def unstamped(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the events without ``seq``, ``pid`` and ``host``."""
+    return [{key: value for key, value in entry.items() if key not in STAMP} for entry in logs]
+
+
 @pytest.fixture
 def pg() -> pgserver.PostgresServer:
     """Give a handle on the test PostgreSQL server (psql as superuser, restart)."""

@@ -26,7 +26,7 @@ from django.test import RequestFactory
 import conntrace
 from conntrace import checks, conf
 from conntrace.checks import check_settings
-from tests.conftest import named
+from tests.conftest import named, unstamped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,15 +114,8 @@ def test_every_key_has_bad_values_in_the_table():
 
 
 def settings_warnings(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return the run-time warnings about the settings among the captured events, without the stamp.
-
-    ``seq``, ``pid`` and ``host`` are on every event (see tests/test_events.py).
-    """
-    stamp = {"seq", "pid", "host"}
-    return [
-        {key: value for key, value in event.items() if key not in stamp}
-        for event in named(logs, "conntrace_settings_invalid")
-    ]
+    """Return the run-time warnings about the settings among the captured events, without the stamp."""
+    return unstamped(named(logs, "conntrace_settings_invalid"))
 
 
 def the_same_words(error: Any, **fields: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from django.db import connection
 import conntrace
 from conntrace import live_signal
 from tests import pgserver
-from tests.conftest import named
+from tests.conftest import named, unstamped
 from tests.e2e import client
 from tests.e2e import db as e2e_db
 from tests.support import REPO, free_port, server_env, source_line, stop, wait_for, wait_listening
@@ -161,7 +161,7 @@ def test_the_applications_handler_is_kept_and_the_refusal_said_once(live_signal_
     live_signal.apply()
     assert signal.getsignal(signal.SIGUSR2) is applications_handler
     assert live_signal.installed_signal() is None
-    [refused] = named(captured, "conntrace_live_signal_refused")
+    [refused] = unstamped(named(captured, "conntrace_live_signal_refused"))
     assert refused == {
         "event": "conntrace_live_signal_refused",
         "log_level": "warning",

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import sync_playwright
 
+from tests.browser import ARTIFACTS, chromium
 from tests.e2e import client
 from tests.support import REPO, run_module
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from tests.test_e2e_gunicorn import WORKERS, bouncer, serve_and_load  # noqa: F401 (bouncer: a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -101,25 +100,21 @@ def screenshot_of_the_timeline(page_path: Path, culprit: str) -> None:
     """Open the page in headless Chromium: no console error, the culprit seen unscrolled, a screenshot."""
     ARTIFACTS.mkdir(exist_ok=True)
     errors: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("console", lambda message: message.type == "error" and errors.append(message.text))
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.on("request", lambda request: request.url.startswith("file:") or errors.append(request.url))
-            page.goto(page_path.as_uri())
-            first = page.locator(".culprit").first
-            assert first.inner_text() == culprit
-            box = first.bounding_box()
-            assert box is not None and box["y"] + box["height"] <= 800  # above the fold
-            timeline = page.locator("#timeline")
-            assert timeline.locator("rect[fill='#c0392b']").count() >= 1  # the inherited life, in red
-            timeline.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "report-gunicorn.png"), full_page=True)
-            timeline.screenshot(path=str(ARTIFACTS / "report-gunicorn-timeline.png"))
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: request.url.startswith("file:") or errors.append(request.url))
+        page.goto(page_path.as_uri())
+        first = page.locator(".culprit").first
+        assert first.inner_text() == culprit
+        box = first.bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 800  # above the fold
+        timeline = page.locator("#timeline")
+        assert timeline.locator("rect[fill='#c0392b']").count() >= 1  # the inherited life, in red
+        timeline.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "report-gunicorn.png"), full_page=True)
+        timeline.screenshot(path=str(ARTIFACTS / "report-gunicorn-timeline.png"))
     assert errors == []
 
 
