@@ -238,6 +238,22 @@ class ConnectionState(Name):
 
     IDLE = "idle"
     USED = "used"
+class GuardMode(Name):
+    """The test-suite guards (pytest plugin, Django test runner): their ``--conntrace`` option."""
+
+    OFF = "off"  # nothing installed, nothing wrapped
+    REPORT = "report"  # findings listed at the end of the run
+    STRICT = "strict"  # the test that caused a finding fails (at teardown: its own result is kept)
+
+
+class Finding(Name):
+    """What the test-suite guards find about one test's connections (``kind`` of a finding)."""
+
+    THREAD_LEFT_OPEN = "thread_left_open"  # opened by the test in another thread, still open after it
+    ABANDONED = "abandoned_unclosed"  # opened by the test, garbage-collected while open
+    DOUBLE_CLOSE = "double_close"  # Django closed a connection someone had already closed
+    CLOSE_ERROR = "close_error"  # the driver raised while closing (downgraded to CloseErrorWarning)
+    CROSSED_FORK = "import_connection_crossed_fork"  # opened at import or collection, open at a fork
 
 
 VOCABULARY: tuple[type[Name], ...] = (
@@ -260,4 +276,6 @@ VOCABULARY: tuple[type[Name], ...] = (
     Placeholder,
     Metric,
     MetricAttribute,
+    GuardMode,
+    Finding,
 )

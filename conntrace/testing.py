@@ -4,6 +4,7 @@
 >>> with track_connections() as tracked:
 ...     call_the_code_under_test()
 >>> assert tracked.left_open() == []
+>>> tracked.assert_no_leaks()  # threads' connections left open or abandoned, bad closes
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from conntrace import install, process, records, stacks
+from conntrace import findings, install, process, records, stacks
 from conntrace.names import CLEAN_OUTCOMES
 
 
 class TrackedConnections:
     """The connections opened inside a ``track_connections()`` block."""
 
-    def __init__(self, first_id: int) -> None:
+    def __init__(self, first_id: int, watch: findings.TestWatch) -> None:
         self._first_id = first_id
+        self._watch = watch
 
     def _mine(self, found: list[records.ConnectionRecord]) -> list[dict[str, Any]]:
         if process.pending:
@@ -46,13 +48,32 @@ class TrackedConnections:
             if attempt["outcome"] not in CLEAN_OUTCOMES
         ]
 
+    def events(self) -> list[dict[str, Any]]:
+        """Return what happened in the block: each open and close attempt, in order."""
+        return list(self._watch.events)
+
+    def findings(self) -> list[findings.Finding]:
+        """Return the block's findings: connections its threads left open or abandoned, bad closes."""
+        return self._watch.findings()
+
+    def assert_no_leaks(self) -> None:
+        """Fail with each finding's opening line and stack if the block has any."""
+        found = self.findings()
+        if found:
+            raise AssertionError(f"{len(found)} connection finding(s):\n{findings.report_text(found)}")
+
 
 @contextmanager
-def track_connections() -> Iterator[TrackedConnections]:
+def track_connections(name: str = "track_connections") -> Iterator[TrackedConnections]:
     """Track the connections opened inside the block (installs conntrace if needed)."""
     install()
     first_id = records.take_id()
-    yield TrackedConnections(first_id)
+    watcher = findings.Watcher()
+    watcher.start()
+    try:
+        yield TrackedConnections(first_id, watcher.begin(name))
+    finally:
+        watcher.stop()
 
 
 def assert_no_open_connections(tracked: TrackedConnections) -> None:

@@ -98,3 +98,7 @@ def close_all_quietly() -> None:
     """Close every alias of this thread and collect garbage (test set-up helper)."""
     connections.close_all()
     gc.collect()
+
+
+# The plugin's sample project is run by tests/test_pytest_plugin.py, with its own settings.
+collect_ignore = ["plugin_sample"]

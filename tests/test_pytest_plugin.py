@@ -1,0 +1,140 @@
+"""The pytest plugin on a sample project (tests/plugin_sample/), run in a subprocess with explicit options.
+
+The sample has one test per connection problem (their names start with
+``test_bad_``) and clean tests (``test_clean_``): ``report`` lists exactly the
+bad ones with their lines, ``strict`` fails exactly them at teardown (their
+bodies pass), ``off`` changes nothing; the same under pytest-xdist, whose
+workers send their findings to the controller.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests import pgserver
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "tests" / "plugin_sample"
+QUERY_LINE = "check_sample.py:13 in query"
+READY_LINE = "sampleapp/apps.py:11 in SampleAppConfig.ready"
+EXPECTED = {
+    ("check_fork.py::test_bad_fork_shares_the_reference_session", "import_connection_crossed_fork"),
+    ("check_sample.py::test_bad_thread_keeps_its_connection_open", "thread_left_open"),
+    ("check_sample.py::test_bad_thread_ends_without_closing", "abandoned_unclosed"),
+    ("check_sample.py::test_bad_double_close", "double_close"),
+    ("check_sample.py::test_bad_close_error", "close_error"),
+}
+BAD = {test for test, _ in EXPECTED}
+FINDING = re.compile(r"^(check_\w+\.py::\w+): (\w+): '(\w+)' connection opened in (.+?): ", re.M)
+# The fork test first: a transactional test closes every connection when it ends.
+FILES = ("check_fork.py", "check_sample.py")
+OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR) (check_\w+\.py::\w+)", re.M)
+
+
+def sample_env(tmp_path: Path, db: str) -> dict[str, str]:
+    host, port = pgserver.ensure()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+    env.update(
+        PYTHONPATH=f"{ROOT}{os.pathsep}{SAMPLE}",
+        SAMPLE_DIR=str(tmp_path),
+        SAMPLE_DB=db,
+        SAMPLE_TEST_DB=f"test_sample_{uuid.uuid4().hex[:8]}",
+        CONNTRACE_TEST_PGHOST=host,
+        CONNTRACE_TEST_PGPORT=str(port),
+    )
+    return env
+
+
+def run_sample(tmp_path: Path, db: str, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *options, *FILES],
+        cwd=SAMPLE,
+        env=sample_env(tmp_path, db),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def outcomes(out: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {"PASSED": set(), "FAILED": set(), "ERROR": set()}
+    for outcome, test in OUTCOME.findall(out):
+        found[outcome].add(test)
+    return found
+
+
+def findings(out: str) -> set[tuple[str, str]]:
+    return {(test, kind) for test, kind, _, _ in FINDING.findall(out)}
+
+
+def all_tests(out: str) -> set[str]:
+    return set().union(*outcomes(out).values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db", ["postgres", "sqlite"])
+def test_report_lists_exactly_the_bad_tests_with_their_opening_lines(db, tmp_path):
+    run = run_sample(tmp_path, db, "--conntrace=report")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert findings(run.stdout) == EXPECTED, run.stdout
+    lines = {test: (alias, line) for test, _, alias, line in FINDING.findall(run.stdout)}
+    assert lines.pop("check_fork.py::test_bad_fork_shares_the_reference_session") == ("reference", READY_LINE)
+    assert set(lines.values()) == {("default", QUERY_LINE)}
+    # The stack under each finding names the test's own line.
+    assert "    check_sample.py:49 in test_bad_double_close" in run.stdout
+    assert outcomes(run.stdout)["PASSED"] == all_tests(run.stdout)
+    assert pgserver.APP_PASSWORD not in run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_strict_fails_exactly_the_bad_tests_at_teardown_and_keeps_their_bodies_result(tmp_path):
+    run = run_sample(tmp_path, "postgres", "--conntrace=strict")
+    assert run.returncode == 1
+    result = outcomes(run.stdout)
+    assert result["ERROR"] == BAD, run.stdout
+    assert result["FAILED"] == set()
+    assert result["PASSED"] == all_tests(run.stdout)  # every body passed, the clean tests too
+    assert "ERROR at teardown of test_bad_double_close" in run.stdout
+    assert f"double_close: 'default' connection opened in {QUERY_LINE}" in run.stdout
+
+
+@pytest.mark.slow
+def test_off_changes_nothing(tmp_path):
+    run = run_sample(tmp_path, "postgres", "--conntrace=off")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert findings(run.stdout) == set()
+    assert "connection finding" not in run.stdout
+    assert len(outcomes(run.stdout)["PASSED"]) == 9
+
+
+@pytest.mark.slow
+def test_findings_of_xdist_workers_reach_the_controllers_report(tmp_path):
+    """Each worker is a new interpreter (no fork): only the test that forks shares the startup session."""
+    run = run_sample(tmp_path, "postgres", "--conntrace=strict", "-p", "xdist", "-n", "2")
+    assert findings(run.stdout) == EXPECTED, run.stdout
+    assert outcomes(run.stdout)["ERROR"] == BAD
+
+
+def test_a_project_without_django_sees_nothing(tmp_path):
+    (tmp_path / "test_plain.py").write_text("def test_plain():\n    assert 1 + 1 == 2\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    for mode in ("report", "strict"):
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--conntrace={mode}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "1 passed" in run.stdout
+        assert "conntrace" not in run.stdout + run.stderr
