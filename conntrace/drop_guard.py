@@ -12,16 +12,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from conntrace import process, records, stacks
+from conntrace import pool_forensics, process, records, stacks
 
 STILL_IN_USE = "is being accessed by other users"
 
 
 def open_connections_text() -> str:
-    """Return this process's open connections, each with its thread, opening line and stack."""
+    """Return this process's open connections (thread, opening line, stack) and its open psycopg pools."""
     if process.pending:
         process.flush_pending()
-    lines = []
+    lines = [_pool_line(pool) for pool in pool_forensics.all_pools() if pool["size"]]
     for record in records.registry.open_records():
         pooled = " (checked out of a pool)" if record.pooled else ""
         opened = stacks.in_place(record.opened_in())
@@ -30,6 +30,19 @@ def open_connections_text() -> str:
     if not lines:
         return f"conntrace: no connection of process {process.pid} is open (the sessions are another's)"
     return f"conntrace: connections still open in process {process.pid}:\n" + "\n".join(lines)
+
+
+def _pool_line(pool: dict[str, Any]) -> str:
+    alias = pool["alias"]
+    first = next(
+        (r for r in records.registry.ended_records() + records.registry.open_records() if r.alias == alias),
+        None,
+    )
+    where = f", first used {stacks.in_place(first.opened_in())}" if first is not None else ""
+    return (
+        f"  {alias!r}: a psycopg pool still open with {pool['size']} session(s), {pool['available']} idle"
+        f"{where}; close it with connections[{alias!r}].close_pool()"
+    )
 
 
 @contextmanager

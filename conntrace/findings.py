@@ -14,7 +14,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-from conntrace import observers, process, records, stacks
+from conntrace import observers, process, psycopg_pools, records, stacks
 from conntrace.names import Finding as Kind
 from conntrace.names import Observed, Outcome, State
 
@@ -72,6 +72,7 @@ class TestWatch:
         self.opened: list[records.ConnectionRecord] = []
         self.closes: list[tuple[records.ConnectionRecord, records.CloseAttempt]] = []
         self.events: list[dict[str, Any]] = []
+        self.pools_before = set(psycopg_pools.django_pools() or ())
 
     def saw(self, kind: Observed, record: records.ConnectionRecord) -> None:
         if kind is Observed.OPENED:
@@ -119,6 +120,31 @@ class TestWatch:
             finding = _finding(self.test, kind, record, f"closed {stacks.in_place(closed_in)}: {how}")
             finding.closed_in = closed_in
             found.append(finding)
+        return found + self.pools_left_open()
+
+    def pools_left_open(self) -> list[Finding]:
+        """Return the pools the test opened for a test-mirror alias, which Django never closes.
+
+        Django closes the pool of each alias whose test database it drops; a
+        mirror's pool keeps its sessions, and the drop fails ("database ... is
+        being accessed by other users").
+        """
+        opened = set(psycopg_pools.django_pools() or ()) - self.pools_before
+        if not opened:
+            return []
+        from django.db import connections
+
+        found = []
+        for alias in sorted(opened):
+            if not connections.settings.get(alias, {}).get("TEST", {}).get("MIRROR"):
+                continue
+            first = next((r for r in self.opened if r.alias == alias), None)
+            if first is not None:
+                detail = (
+                    "its psycopg pool is still open after the test: a test mirror's pool keeps its sessions, "
+                    f"and dropping the test database fails; call connections[{alias!r}].close_pool()"
+                )
+                found.append(_finding(self.test, Kind.POOL_LEFT_OPEN, first, detail))
         return found
 
 
@@ -163,10 +189,12 @@ class Watcher:
         """Return the early connections that were open at a fork since last asked (once each)."""
         found = []
         for conn_id, (record, forks) in list(self.early.items()):
-            if record.open_at_forks > forks:
+            if record.pid != process.pid:
+                del self.early[conn_id]  # a forked child's copy: the fork is counted in the parent
+            elif record.open_at_forks > forks:
                 detail = (
-                    f"opened before the tests ran (import or collection), still open when "
-                    f"this test forked: every child shares its session (pid {record.pid})"
+                    "opened before the tests ran (at import, startup or collection), still open at a "
+                    f"fork: every child of process {record.pid} shares its session"
                 )
                 found.append(_finding(test, Kind.CROSSED_FORK, record, detail))
                 del self.early[conn_id]

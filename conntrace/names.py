@@ -254,6 +254,7 @@ class Finding(Name):
     DOUBLE_CLOSE = "double_close"  # Django closed a connection someone had already closed
     CLOSE_ERROR = "close_error"  # the driver raised while closing (downgraded to CloseErrorWarning)
     CROSSED_FORK = "import_connection_crossed_fork"  # opened at import or collection, open at a fork
+    POOL_LEFT_OPEN = "pool_left_open"  # a test-mirror alias's psycopg pool: Django never closes it
 
 
 VOCABULARY: tuple[type[Name], ...] = (

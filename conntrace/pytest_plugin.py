@@ -63,6 +63,9 @@ class SuiteGuard:
         self.watcher: Any = None
         self.found: list[Any] = []
         self.problem: Optional[str] = None
+        # What a failed test-database drop found open (printed with the summary: pytest captures
+        # the output of the last test's teardown, where the drop happens).
+        self.drop_reports: list[str] = []
         self.exits = ExitStack()
 
     def failed(self, where: str, exc: BaseException) -> None:
@@ -89,8 +92,7 @@ class SuiteGuard:
 
             if not install():
                 return  # disabled by the project's settings
-            writer = session.config.get_terminal_writer()
-            self.exits.enter_context(drop_guard.explaining_drop_failures(lambda text: writer.line(text)))
+            self.exits.enter_context(drop_guard.explaining_drop_failures(self.drop_reports.append))
             self.watcher = findings.Watcher()
             self.watcher.start()
         except Exception as exc:
@@ -146,6 +148,9 @@ class SuiteGuard:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.problem:
             terminalreporter.write_line(self.problem)
+        for text in self.drop_reports:
+            terminalreporter.write_sep("=", "conntrace: the test database could not be dropped")
+            terminalreporter.write_line(text)
         if self.found:
             from conntrace.findings import report_text
 

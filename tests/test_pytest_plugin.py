@@ -22,7 +22,15 @@ from tests import pgserver
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "tests" / "plugin_sample"
-QUERY_LINE = "check_sample.py:13 in query"
+
+
+def line_of(name: str, text: str) -> str:
+    """Return ``"name:N"`` for the first line of the sample file ``name`` that contains ``text``."""
+    lines = (SAMPLE / name).read_text().splitlines()
+    return f"{name}:{next(n for n, line in enumerate(lines, 1) if text in line)}"
+
+
+QUERY_LINE = f"{line_of('check_sample.py', 'connection.cursor()')} in query"
 READY_LINE = "sampleapp/apps.py:11 in SampleAppConfig.ready"
 EXPECTED = {
     ("check_fork.py::test_bad_fork_shares_the_reference_session", "import_connection_crossed_fork"),
@@ -52,11 +60,13 @@ def sample_env(tmp_path: Path, db: str) -> dict[str, str]:
     return env
 
 
-def run_sample(tmp_path: Path, db: str, *options: str) -> subprocess.CompletedProcess:
+def run_sample(
+    tmp_path: Path, db: str, *options: str, files: tuple[str, ...] = FILES, **env: str
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *options, *FILES],
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *options, *files],
         cwd=SAMPLE,
-        env=sample_env(tmp_path, db),
+        env={**sample_env(tmp_path, db), **env},
         capture_output=True,
         text=True,
         timeout=120,
@@ -88,7 +98,8 @@ def test_report_lists_exactly_the_bad_tests_with_their_opening_lines(db, tmp_pat
     assert lines.pop("check_fork.py::test_bad_fork_shares_the_reference_session") == ("reference", READY_LINE)
     assert set(lines.values()) == {("default", QUERY_LINE)}
     # The stack under each finding names the test's own line.
-    assert "    check_sample.py:49 in test_bad_double_close" in run.stdout
+    double_close_query = line_of("check_sample.py", "def test_bad_double_close").split(":")
+    assert f"    check_sample.py:{int(double_close_query[1]) + 1} in test_bad_double_close" in run.stdout
     assert outcomes(run.stdout)["PASSED"] == all_tests(run.stdout)
     assert pgserver.APP_PASSWORD not in run.stdout + run.stderr
 
@@ -138,3 +149,34 @@ def test_a_project_without_django_sees_nothing(tmp_path):
         assert run.returncode == 0, run.stdout + run.stderr
         assert "1 passed" in run.stdout
         assert "conntrace" not in run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_a_pool_left_open_is_named_and_so_are_its_sessions_when_the_drop_fails(tmp_path):
+    """A pooled test-mirror alias: Django closes the pool of the alias it drops, not the mirror's."""
+    run = run_sample(tmp_path, "postgres", "--conntrace=report", files=("check_pool.py",), SAMPLE_POOL="1")
+    assert findings(run.stdout) == {("check_pool.py::test_bad_pool_left_open", "pool_left_open")}, run.stdout
+    assert "is being accessed by other users" in run.stdout  # Django's error, a warning under pytest-django
+    section = run.stdout.split("conntrace: the test database could not be dropped", 1)[1]
+    first_use = line_of("check_pool.py", 'connections["pooled"].cursor()')
+    assert "'pooled': a psycopg pool still open with" in section
+    assert f"first used in {first_use} in test_bad_pool_left_open" in section
+
+
+def test_an_error_inside_the_plugin_is_reported_once_and_no_test_fails(tmp_path):
+    (tmp_path / "break_conntrace.py").write_text(
+        "from conntrace import findings\n\n"
+        "def broken(self):\n    raise RuntimeError('broken on purpose')\n\n"
+        "findings.Watcher.end = broken\n"
+    )
+    run = run_sample(
+        tmp_path,
+        "sqlite",
+        "--conntrace=strict",
+        "-p",
+        "break_conntrace",
+        PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}{os.pathsep}{SAMPLE}",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("stopped watching after an error of its own") == 1
+    assert "RuntimeError: broken on purpose" in run.stdout

@@ -33,16 +33,20 @@ def test_clean_thread_closes_its_connection():
 
 
 def test_bad_thread_keeps_its_connection_open():
+    opened = threading.Event()
+
     def hold() -> None:
-        query()  # BAD-THREAD-LEAK
+        query()
+        opened.set()
         release.wait(10)
         connection.close()
 
     held.append(in_thread(hold))
+    assert opened.wait(10)
 
 
 def test_bad_thread_ends_without_closing():
-    in_thread(query).join()  # query(): BAD-ABANDONED (the line is query's)
+    in_thread(query).join()
 
 
 def test_bad_double_close():

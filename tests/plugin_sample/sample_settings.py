@@ -38,3 +38,12 @@ else:
         },
         "reference": {**_lite, "NAME": os.path.join(_dir, "reference.sqlite3")},
     }
+
+if os.environ.get("SAMPLE_POOL") == "1":
+    # A second alias on the same test database, through a psycopg pool: Django closes the pool of
+    # the alias whose test database it drops, not this one's.
+    DATABASES["pooled"] = {
+        **DATABASES["default"],
+        "OPTIONS": {"pool": {"min_size": 1, "max_size": 2}},
+        "TEST": {"MIRROR": "default"},
+    }
