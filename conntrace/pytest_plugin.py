@@ -22,6 +22,7 @@ from conntrace.names import GuardMode
 
 MODES = tuple(GuardMode)
 REPORT_ATTR = "conntrace_findings"  # on a teardown report: the test's findings as plain dicts
+WATCHED_ATTR = "conntrace_watched"  # on a teardown report: True if the test was watched
 FINDINGS_KEY = pytest.StashKey[list]()
 PLUGIN_NAME = "conntrace-guard"
 
@@ -62,6 +63,7 @@ class SuiteGuard:
         self.mode = mode
         self.watcher: Any = None
         self.found: list[Any] = []
+        self.watched = 0  # tests watched, here or in pytest-xdist's workers
         self.problem: Optional[str] = None
         # What a failed test-database drop found open (printed with the summary: pytest captures
         # the output of the last test's teardown, where the drop happens).
@@ -127,7 +129,10 @@ class SuiteGuard:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo) -> Iterator[Any]:
         report = yield
-        found = item.stash.get(FINDINGS_KEY, []) if call.when == "teardown" else []
+        if call.when != "teardown" or FINDINGS_KEY not in item.stash:
+            return report
+        setattr(report, WATCHED_ATTR, True)
+        found = item.stash[FINDINGS_KEY]
         if found:
             from conntrace.findings import report_text
 
@@ -139,6 +144,8 @@ class SuiteGuard:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Here too for a report a pytest-xdist worker sent: the controller lists every finding.
+        if getattr(report, WATCHED_ATTR, False):
+            self.watched += 1
         data = getattr(report, REPORT_ATTR, None)
         if data:
             from conntrace.findings import Finding
@@ -156,6 +163,8 @@ class SuiteGuard:
 
             terminalreporter.write_sep("=", f"conntrace: {len(self.found)} connection finding(s)")
             terminalreporter.write_line(report_text(self.found))
+        elif self.watched:
+            terminalreporter.write_line(f"conntrace ({self.mode}): {self.watched} tests watched, no finding")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.stop()

@@ -37,6 +37,13 @@ lint_paths=$(ls -d conntrace tests benchmarks demo 2>/dev/null)
 .venv/bin/ruff check $lint_paths
 .venv/bin/ruff format --check $lint_paths
 
+# tests/test_third_party_suite.py runs django-model-utils' own tests (from its sdist) under the
+# pytest plugin: downloaded once into .venv.
+third_party=.venv/third-party
+[ -f "$third_party/django_model_utils-5.0.0.tar.gz" ] || .venv/bin/python -m pip download -q --no-deps \
+  --no-binary :all: "django-model-utils==5.0.0" -d "$third_party"
+export CONNTRACE_TEST_THIRD_PARTY="$(cd "$third_party" && pwd)"
+
 status=0
 echo "== tests (psycopg 3 and SQLite)"
 .venv/bin/python -m pytest "$@" || status=$?
