@@ -68,3 +68,33 @@ def test_the_readme_example_fails_when_the_code_leaves_its_connection_open():
     assert leaky != readme_example()
     with pytest.raises(AssertionError, match=r"1 connection\(s\) left open: default .* nightly_report"):
         run_example(leaky)
+def test_assert_no_leaks_names_a_threads_connection_left_open_and_events_show_the_block():
+    import threading
+
+    connection.close()
+    release = threading.Event()
+    opened = threading.Event()
+
+    def hold() -> None:
+        query()
+        opened.set()
+        release.wait(10)
+        connection.close()
+
+    with track_connections() as tracked:
+        thread = threading.Thread(target=hold, name="holder")
+        thread.start()
+        assert opened.wait(10)
+        query()  # the main thread's own connection is not a leak
+        with pytest.raises(
+            AssertionError, match=r"thread_left_open: 'default' connection opened in .* in query"
+        ):
+            tracked.assert_no_leaks()
+    release.set()
+    thread.join(10)
+    tracked.assert_no_leaks()  # closed since: nothing left
+    # What happened inside the block, in order (the holder's close came after it).
+    assert [(e["observed"], e["thread"]) for e in tracked.events()] == [
+        ("opened", "holder"),
+        ("opened", "MainThread"),
+    ]
