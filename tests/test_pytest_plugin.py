@@ -46,9 +46,28 @@ FILES = ("check_fork.py", "check_sample.py")
 OUTCOME = re.compile(r"^(PASSED|FAILED|ERROR) (check_\w+\.py::\w+)", re.M)
 
 
+def outer_env_removed() -> dict[str, str]:
+    """Return this environment without the outer run's Django settings and pytest variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+
+
+def inner_pytest(
+    cwd: Path, env: dict[str, str], *options: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """Run pytest in a subprocess, in ``cwd``, without the cache provider."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *options],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def sample_env(tmp_path: Path, db: str) -> dict[str, str]:
     host, port = pgserver.ensure()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+    env = outer_env_removed()
     env.update(
         PYTHONPATH=f"{ROOT}{os.pathsep}{SAMPLE}",
         SAMPLE_DIR=str(tmp_path),
@@ -63,14 +82,7 @@ def sample_env(tmp_path: Path, db: str) -> dict[str, str]:
 def run_sample(
     tmp_path: Path, db: str, *options: str, files: tuple[str, ...] = FILES, **env: str
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *options, *files],
-        cwd=SAMPLE,
-        env={**sample_env(tmp_path, db), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return inner_pytest(SAMPLE, {**sample_env(tmp_path, db), **env}, "-rA", *options, *files)
 
 
 def outcomes(out: str) -> dict[str, set[str]]:
@@ -135,17 +147,9 @@ def test_findings_of_xdist_workers_reach_the_controllers_report(tmp_path):
 
 def test_a_project_without_django_sees_nothing(tmp_path):
     (tmp_path / "test_plain.py").write_text("def test_plain():\n    assert 1 + 1 == 2\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    env = {**outer_env_removed(), "PYTHONPATH": str(ROOT)}
     for mode in ("report", "strict"):
-        run = subprocess.run(
-            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--conntrace={mode}"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        run = inner_pytest(tmp_path, env, "-q", f"--conntrace={mode}")
         assert run.returncode == 0, run.stdout + run.stderr
         assert "1 passed" in run.stdout
         assert "conntrace" not in run.stdout + run.stderr

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests import pgserver
+from tests.test_pytest_plugin import inner_pytest, outer_env_removed
 
 ROOT = Path(__file__).resolve().parent.parent
 SDIST = "django_model_utils-5.0.0.tar.gz"
@@ -28,7 +29,7 @@ THIRD_PARTY = Path(os.environ.get("CONNTRACE_TEST_THIRD_PARTY", Path(sys.prefix)
 
 def run_suite(source: Path, mode: str) -> tuple[subprocess.CompletedProcess, float]:
     host, port = pgserver.ensure()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST_"))}
+    env = outer_env_removed()
     env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         # The suite's settings read these; Django creates and drops test_<name>.
@@ -39,14 +40,7 @@ def run_suite(source: Path, mode: str) -> tuple[subprocess.CompletedProcess, flo
         POSTGRES_PORT=str(port),
     )
     started = time.monotonic()
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"--conntrace={mode}"],
-        cwd=source,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = inner_pytest(source, env, "-q", f"--conntrace={mode}", timeout=300)
     return run, time.monotonic() - started
 
 
