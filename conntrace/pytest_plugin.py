@@ -140,6 +140,8 @@ class SuiteGuard:
             if self.mode == GuardMode.STRICT and report.passed:
                 report.outcome = "failed"
                 report.longrepr = "conntrace (strict):\n" + report_text(found)
+            elif self.mode == GuardMode.STRICT:  # the teardown failed already: keep its error, add ours
+                report.sections.append(("conntrace (strict)", report_text(found)))
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -78,12 +78,24 @@ class _CollectingResult(_WatchingResult):
         super().__init__(*args, **kwargs)
         self.conntrace_findings: list[findings.Finding] = []
 
+    def startTest(self, test: Any) -> None:
+        if not self.conntrace_watches:
+            self.note_runner_forks()  # replaying a worker's results: the workers exist
+        super().startTest(test)
+
     def conntraceFinding(self, test: Any, data: dict[str, Any]) -> None:
         finding = findings.Finding.from_dict(data)
         self.conntrace_findings.append(finding)
         if self.conntrace_strict:
             error = FindingError(f"conntrace (strict):\n{finding.text()}")
             self.addError(test, (FindingError, error, None))  # type: ignore[attr-defined]
+
+    def note_runner_forks(self) -> None:
+        """Add the connections opened before the tests that were open when the runner forked (once each)."""
+        if _watcher is not None:
+            holder = unittest.suite._ErrorHolder(RUNNER_FORK)
+            for finding in _watcher.crossed_forks(RUNNER_FORK):
+                self.conntraceFinding(holder, finding.as_dict())
 
 
 class ConntraceRunnerMixin:
@@ -138,16 +150,10 @@ class ConntraceRunnerMixin:
 
     def run_suite(self, suite: Any, **kwargs: Any) -> Any:
         result = super().run_suite(suite, **kwargs)  # type: ignore[misc]
-        found = getattr(result, "conntrace_findings", None)
-        if found is None:
+        if not isinstance(result, _CollectingResult):
             return result
-        if _watcher is not None:
-            forked = _watcher.crossed_forks(RUNNER_FORK)
-            found.extend(forked)
-            if forked and self.conntrace_mode == GuardMode.STRICT:
-                text = findings.report_text(forked)
-                holder = unittest.suite._ErrorHolder(RUNNER_FORK)
-                result.addError(holder, (FindingError, FindingError(f"conntrace (strict):\n{text}"), None))
+        result.note_runner_forks()
+        found = result.conntrace_findings
         if found:
             line = "=" * 70
             print(f"{line}\nconntrace: {len(found)} connection finding(s)\n{line}", file=sys.stderr)
