@@ -101,9 +101,11 @@ def all_tests(out: str) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("db", ["postgres", "sqlite"])
-def test_report_lists_exactly_the_bad_tests_with_their_opening_lines(db, tmp_path):
-    run = run_sample(tmp_path, db, "--conntrace=report")
+@pytest.mark.parametrize(
+    ("db", "driver"), [("postgres", "psycopg"), ("postgres", "psycopg2"), ("sqlite", "")]
+)
+def test_report_lists_exactly_the_bad_tests_with_their_opening_lines(db, driver, tmp_path):
+    run = run_sample(tmp_path, db, "--conntrace=report", SAMPLE_DRIVER=driver)
     assert run.returncode == 0, run.stdout + run.stderr
     assert findings(run.stdout) == EXPECTED, run.stdout
     lines = {test: (alias, line) for test, _, alias, line in FINDING.findall(run.stdout)}
@@ -111,9 +113,11 @@ def test_report_lists_exactly_the_bad_tests_with_their_opening_lines(db, tmp_pat
     assert set(lines.values()) == {("default", QUERY_LINE)}
     # The stack under each finding names the test's own line.
     double_close_query = line_of("check_sample.py", "def test_bad_double_close").split(":")
-    assert f"    check_sample.py:{int(double_close_query[1]) + 1} in test_bad_double_close" in run.stdout
+    assert f"    check_sample.py:{int(double_close_query[1]) + 2} in test_bad_double_close" in run.stdout
     assert outcomes(run.stdout)["PASSED"] == all_tests(run.stdout)
     assert pgserver.APP_PASSWORD not in run.stdout + run.stderr
+    if driver:  # the clean test prints the driver's module (shown by -rA)
+        assert re.search(rf"^driver: {driver}\b", run.stdout, re.M), run.stdout
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ def in_thread(target) -> threading.Thread:
 
 def test_clean_query_in_the_main_thread():
     query()
+    print("driver:", type(connection.connection).__module__)
 
 
 def test_clean_thread_closes_its_connection():
@@ -50,6 +51,7 @@ def test_bad_thread_ends_without_closing():
 
 
 def test_bad_double_close():
+    connection.close()  # a session of its own, opened on the next line
     query()
     connection.connection.close()  # behind Django's back
     connection.close()
@@ -70,6 +72,7 @@ class FailingClose:
 
 
 def test_bad_close_error():
+    connection.close()
     query()
     connection.connection = FailingClose(connection.connection)
     with pytest.warns(UserWarning):

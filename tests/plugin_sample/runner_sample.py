@@ -57,11 +57,13 @@ class CloseTests(TransactionTestCase):
         query()
 
     def test_bad_double_close(self):
+        connection.close()  # a session of its own, opened on the next line
         query()
         connection.connection.close()  # behind Django's back
         connection.close()
 
     def test_bad_close_error(self):
+        connection.close()
         query()
         connection.connection = FailingClose(connection.connection)
         with warnings.catch_warnings():

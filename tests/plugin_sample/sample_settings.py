@@ -1,13 +1,15 @@
 """Settings of the sample project the plugin's tests run (tests/test_pytest_plugin.py).
 
 ``SAMPLE_DB``: ``postgres`` (the test server, found through ``CONNTRACE_TEST_PGHOST`` /
-``CONNTRACE_TEST_PGPORT``) or ``sqlite`` (files in ``SAMPLE_DIR``). ``SAMPLE_TEST_DB``
+``CONNTRACE_TEST_PGPORT``; ``SAMPLE_DRIVER=psycopg2`` hides psycopg 3 from Django) or ``sqlite``
+(files in ``SAMPLE_DIR``). ``SAMPLE_TEST_DB``
 names the test database, unique per run. The ``reference`` alias is the one
 ``sampleapp`` reads while Django starts; no test uses it, so no test database
 replaces it and its session stays open for the whole run.
 """
 
 import os
+import sys
 
 SECRET_KEY = "conntrace-plugin-sample"
 USE_TZ = True
@@ -16,6 +18,8 @@ INSTALLED_APPS = ["django.contrib.contenttypes", "conntrace", "sampleapp"]
 
 _dir = os.environ["SAMPLE_DIR"]
 _test_name = os.environ["SAMPLE_TEST_DB"]
+if os.environ.get("SAMPLE_DRIVER") == "psycopg2":
+    sys.modules["psycopg"] = None  # type: ignore[assignment]
 if os.environ["SAMPLE_DB"] == "postgres":
     _pg = {
         "ENGINE": "django.db.backends.postgresql",
