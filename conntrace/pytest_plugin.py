@@ -129,20 +129,26 @@ class SuiteGuard:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo) -> Iterator[Any]:
         report = yield
-        if call.when != "teardown" or FINDINGS_KEY not in item.stash:
-            return report
-        setattr(report, WATCHED_ATTR, True)
-        found = item.stash[FINDINGS_KEY]
-        if found:
-            from conntrace.findings import report_text
-
-            setattr(report, REPORT_ATTR, [finding.as_dict() for finding in found])
-            if self.mode == GuardMode.STRICT and report.passed:
-                report.outcome = "failed"
-                report.longrepr = "conntrace (strict):\n" + report_text(found)
-            elif self.mode == GuardMode.STRICT:  # the teardown failed already: keep its error, add ours
-                report.sections.append(("conntrace (strict)", report_text(found)))
+        if call.when == "teardown" and FINDINGS_KEY in item.stash:
+            try:
+                self.mark(report, item.stash[FINDINGS_KEY])
+            except Exception as exc:
+                self.failed("makereport", exc)
         return report
+
+    def mark(self, report: pytest.TestReport, found: list[Any]) -> None:
+        """Put the test's findings on its teardown report; in strict mode, fail it with them."""
+        setattr(report, WATCHED_ATTR, True)
+        if not found:
+            return
+        from conntrace.findings import report_text
+
+        setattr(report, REPORT_ATTR, [finding.as_dict() for finding in found])
+        if self.mode == GuardMode.STRICT and report.passed:
+            report.outcome = "failed"
+            report.longrepr = "conntrace (strict):\n" + report_text(found)
+        elif self.mode == GuardMode.STRICT:  # the teardown failed already: keep its error, add ours
+            report.sections.append(("conntrace (strict)", report_text(found)))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Here too for a report a pytest-xdist worker sent: the controller lists every finding.
@@ -150,9 +156,12 @@ class SuiteGuard:
             self.watched += 1
         data = getattr(report, REPORT_ATTR, None)
         if data:
-            from conntrace.findings import Finding
+            try:
+                from conntrace.findings import Finding
 
-            self.found.extend(Finding.from_dict(item) for item in data)
+                self.found.extend(Finding.from_dict(item) for item in data)
+            except Exception as exc:
+                self.failed("logreport", exc)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.problem:
