@@ -75,9 +75,11 @@ def verdicts(err: str) -> dict[str, set[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("db", ["postgres", "sqlite"])
-def test_report_from_forked_workers_lists_exactly_the_bad_tests(db, tmp_path):
-    run = manage_test(tmp_path, db, "--conntrace=report")
+@pytest.mark.parametrize(
+    ("db", "driver"), [("postgres", "psycopg"), ("postgres", "psycopg2"), ("sqlite", "")]
+)
+def test_report_from_forked_workers_lists_exactly_the_bad_tests(db, driver, tmp_path):
+    run = manage_test(tmp_path, db, "--conntrace=report", SAMPLE_DRIVER=driver)
     assert run.returncode == 0, run.stderr
     assert findings(run.stderr) == {*BAD, (RUNNER_FORK, "import_connection_crossed_fork")}, run.stderr
     lines = {test: (alias, line) for test, _, alias, line in FINDING.findall(run.stderr)}
@@ -86,6 +88,8 @@ def test_report_from_forked_workers_lists_exactly_the_bad_tests(db, tmp_path):
         ("default", f"{line_of('check_sample.py', 'connection.cursor()')} in query")
     }
     assert all(v == {"ok"} for v in verdicts(run.stderr).values())
+    if driver:  # the clean query prints its driver's module (in a worker, to stdout)
+        assert re.search(rf"^driver: {driver}\b", run.stdout, re.M), run.stdout
 
 
 @pytest.mark.slow

@@ -55,6 +55,7 @@ class ThreadTests(TransactionTestCase):
 class CloseTests(TransactionTestCase):
     def test_clean_query(self):
         query()
+        print("driver:", type(connection.connection).__module__)
 
     def test_bad_double_close(self):
         connection.close()  # a session of its own, opened on the next line
