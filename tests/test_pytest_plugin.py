@@ -96,6 +96,12 @@ def findings(out: str) -> set[tuple[str, str]]:
     return {(test, kind) for test, kind, _, _ in FINDING.findall(out)}
 
 
+def assert_used(driver: str, out: str) -> None:
+    """Check the driver a sample run used: a clean test prints its connection's module."""
+    if driver:
+        assert re.search(rf"^driver: {driver}\b", out, re.M), out
+
+
 def all_tests(out: str) -> set[str]:
     return set().union(*outcomes(out).values())
 
@@ -116,8 +122,7 @@ def test_report_lists_exactly_the_bad_tests_with_their_opening_lines(db, driver,
     assert f"    check_sample.py:{int(double_close_query[1]) + 2} in test_bad_double_close" in run.stdout
     assert outcomes(run.stdout)["PASSED"] == all_tests(run.stdout)
     assert pgserver.APP_PASSWORD not in run.stdout + run.stderr
-    if driver:  # the clean test prints the driver's module (shown by -rA)
-        assert re.search(rf"^driver: {driver}\b", run.stdout, re.M), run.stdout
+    assert_used(driver, run.stdout)  # the clean test prints it (shown by -rA)
 
 
 @pytest.mark.slow
