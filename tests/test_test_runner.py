@@ -24,7 +24,9 @@ BAD = {
     ("CloseTests.test_bad_double_close", "double_close"),
     ("CloseTests.test_bad_close_error", "close_error"),
 }
-CLEAN = {"ThreadTests.test_clean_thread_closes_its_connection", "CloseTests.test_clean_query"}
+# Clean under --parallel: the worker's copy of the startup session was discarded at the runner's fork.
+FORK_TEST = "ForkTests.test_fork_after_a_startup_query"
+CLEAN = {"ThreadTests.test_clean_thread_closes_its_connection", "CloseTests.test_clean_query", FORK_TEST}
 FINDING = re.compile(
     r"^(?:runner_(?:pool_)?sample\.)?(\w+\.\w+|manage\.py test .+?\)): "
     r"(\w+): '(\w+)' connection opened in (.+?): ",
@@ -106,7 +108,14 @@ def test_off_changes_nothing(tmp_path):
     assert run.returncode == 0, run.stderr
     assert findings(run.stderr) == set()
     assert "connection finding" not in run.stderr
-    assert len(verdicts(run.stderr)) == 6
+    assert len(verdicts(run.stderr)) == 7
+
+
+@pytest.mark.slow
+def test_without_parallel_the_test_that_forks_is_named(tmp_path):
+    run = manage_test(tmp_path, "postgres", "--conntrace=report", parallel="1")
+    assert run.returncode == 0, run.stderr
+    assert findings(run.stderr) == {*BAD, (FORK_TEST, "import_connection_crossed_fork")}, run.stderr
 
 
 @pytest.mark.slow

@@ -1,15 +1,19 @@
 """The sample suite for ``manage.py test`` with ``conntrace.test_runner.ConntraceRunner``.
 
-The same problems as check_sample.py, as Django test cases: ``Bad`` in a test's
-name marks the ones the runner must find.
+The same problems as check_sample.py, as Django test cases: ``bad`` in a test's
+name marks the ones the runner must find. ``ForkTests`` forks while the session
+``sampleapp`` opened at startup is open: a finding of that test in a serial run;
+with ``--parallel`` the runner's own forks came first (the worker's copy was
+discarded), and the finding is the runner's.
 """
 
+import os
 import threading
 import warnings
 
 from check_sample import FailingClose, query
 from django.db import connection
-from django.test import TransactionTestCase
+from django.test import TestCase, TransactionTestCase
 
 
 class ThreadTests(TransactionTestCase):
@@ -70,3 +74,11 @@ class CloseTests(TransactionTestCase):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             connection.close()
+
+
+class ForkTests(TestCase):  # a TestCase runs first, before anything closes the startup session
+    def test_fork_after_a_startup_query(self):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
