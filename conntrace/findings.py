@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from conntrace import observers, process, psycopg_pools, records, stacks
-from conntrace.names import Finding as Kind
+from conntrace.names import FindingKind as Kind
 from conntrace.names import Observed, Outcome, State
 
 # Close attempts that are a finding, and the kind each is.

@@ -238,6 +238,8 @@ class ConnectionState(Name):
 
     IDLE = "idle"
     USED = "used"
+
+
 class GuardMode(Name):
     """The test-suite guards (pytest plugin, Django test runner): their ``--conntrace`` option."""
 
@@ -246,7 +248,7 @@ class GuardMode(Name):
     STRICT = "strict"  # the test that caused a finding fails (at teardown: its own result is kept)
 
 
-class Finding(Name):
+class FindingKind(Name):
     """What the test-suite guards find about one test's connections (``kind`` of a finding)."""
 
     THREAD_LEFT_OPEN = "thread_left_open"  # opened by the test in another thread, still open after it
@@ -278,5 +280,5 @@ VOCABULARY: tuple[type[Name], ...] = (
     Metric,
     MetricAttribute,
     GuardMode,
-    Finding,
+    FindingKind,
 )

@@ -68,6 +68,8 @@ def test_the_readme_example_fails_when_the_code_leaves_its_connection_open():
     assert leaky != readme_example()
     with pytest.raises(AssertionError, match=r"1 connection\(s\) left open: default .* nightly_report"):
         run_example(leaky)
+
+
 def test_assert_no_leaks_names_a_threads_connection_left_open_and_events_show_the_block():
     import threading
 
