@@ -45,7 +45,7 @@ def test_anomalies_lists_double_closes_only():
 
 
 def readme_example() -> str:
-    """Return the README's track_connections example ("In your own tests"), as written there."""
+    """Return the README's track_connections example ("In your test suite"), as written there."""
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     [block] = [b for b in text.split("```python\n")[1:] if b.startswith("# test_nightly_report.py")]
     return block.split("```")[0]
