@@ -85,6 +85,7 @@ NO_APPLICATION_FRAME = Placeholder.NO_APPLICATION_FRAME.value
 _SITE = os.sep + "site-packages" + os.sep
 
 _ASYNC_UNSAFE = os.path.join("django", "utils", "asyncio.py")
+_MANAGE_PY = os.sep + "manage.py"
 
 
 def capture(depth: int, skip: int = 1, getframe: Callable[[int], FrameType] = sys._getframe) -> RawStack:
@@ -253,10 +254,19 @@ class FrameFilter:
         return hidden
 
     def hides(self, code: CodeType) -> bool:
-        """Return True if frames of ``code`` are not the user's: a hidden file, a launcher's ``<module>``."""
-        if self.is_hidden(code.co_filename):
+        """Return True if frames of ``code`` are not the user's: a hidden file, a launcher's ``<module>``.
+
+        ``manage.py`` is a launcher too: naming it as the closer of a connection
+        Django closed at request end (runserver) would send the reader there.
+        """
+        filename = code.co_filename
+        if self.is_hidden(filename):
             return True
-        return code.co_name == "<module>" and self.is_launcher(code.co_filename)
+        name = code.co_name
+        if name == "<module>":
+            return self.is_launcher(filename) or filename.endswith(_MANAGE_PY)
+        # Django's manage.py: its module level and main() only run the command line.
+        return name == "main" and filename.endswith(_MANAGE_PY)
 
     def is_launcher(self, filename: str) -> bool:
         """Return True if ``filename`` lies in a directory of console-script launchers."""

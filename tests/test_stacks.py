@@ -100,6 +100,20 @@ def test_only_a_launchers_module_frame_is_hidden_not_a_function_of_a_script_in_b
     assert frame_filter.hides(code_in(LAUNCHER))
 
 
+def test_djangos_manage_py_is_a_launcher_too(frame_filter):
+    """runserver closes at request end under ``manage.py``'s module frame: that is not the closer."""
+    manage_py = str(Path.cwd() / "manage.py")
+    view = code_in(PROJECT_FILE, "index", line=12)
+    assert frame_filter.hides(code_in(manage_py, line=11))
+    assert frame_filter.hides(code_in(manage_py, "main", line=18))
+    assert not frame_filter.hides(code_in(manage_py, "load_fixtures", line=30))
+    in_main = stack_of(view, code_in(manage_py, "main"))
+    assert frame_filter.first_user_frame(in_main) == "shop/views.py:12 in index"
+    assert frame_filter.first_user_frame(stack_of(code_in(manage_py, line=11))) == (
+        "no application frame (innermost: manage.py:11 in <module>)"
+    )
+
+
 def test_a_module_frame_of_the_project_stays_the_applications(frame_filter):
     """An import-time query is at ``<module>`` level: outside the scripts directory it is the user's line."""
     import_time = code_in(PROJECT_FILE, line=9)
