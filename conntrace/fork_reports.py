@@ -33,7 +33,7 @@ CELERY_HINT = (
 )
 DEPLOY_HINT = (
     "Every child shares this session. Remove the query at opened_in (often run at import time) or "
-    "close connections before forking; check with: python -m conntrace preflight MODULE:ATTR. "
+    "close connections before forking; check with: manage.py conntrace_preflight. "
     "See docs/fork-safety.md#fix-it"
 )
 

@@ -33,7 +33,7 @@ PROBLEM_EVENTS = frozenset(
 
 FORK = (
     "Remove the query at this line from import time (or close connections before the server forks); "
-    "check with: python -m conntrace preflight MODULE:ATTR"
+    "check with: manage.py conntrace_preflight"
 )
 # (event, cause or None) -> what to do, in one line.
 WHAT_TO_DO: dict[tuple[str, Optional[str]], str] = {
