@@ -1,6 +1,7 @@
 """``CONNTRACE["LIVE_SIGNAL"]``: an operator asks a running process what it holds, and it logs it.
 
-``kill -USR2 <pid>`` makes the process emit one ``connections_live`` event (info):
+``kill -USR2 <pid>`` makes the process emit one ``connections_live`` event (info; warning when
+the application keeps only warnings, since an operator asked):
 ``conntrace.live()`` as ``connections``, and ``conntrace.pools()`` as ``pools``
 when the process has any. Installed at ``install()`` (``AppConfig.ready()``),
 removed at ``uninstall()``, again when the setting changes; installing twice is
@@ -122,7 +123,10 @@ def _serve(requests: queue.SimpleQueue[int]) -> None:
         if signum == _STOP:
             return
         try:
-            events.emit(Level.INFO, Event.CONNECTIONS_LIVE, snapshot(signum))
+            # Info, or warning where the application keeps only warnings (production): an
+            # operator who asked must get an answer. Nobody else ever causes this event.
+            level = Level.INFO if events.enabled(Level.INFO) else Level.WARNING
+            events.emit(level, Event.CONNECTIONS_LIVE, snapshot(signum))
         except Exception as exc:
             events.internal_error("live_signal", exc)
 

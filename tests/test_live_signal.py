@@ -10,6 +10,7 @@ handler in this process, where the tests run in the main thread.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -19,10 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 from django.db import connection
 
 import conntrace
-from conntrace import live_signal
+from conntrace import events, live_signal
 from tests import pgserver
 from tests.conftest import named, unstamped
 from tests.e2e import client
@@ -181,3 +183,23 @@ def test_in_this_process_the_event_lists_what_live_returns(live_signal_setting, 
     [event] = named(captured, "connections_live")
     assert event["log_level"] == "info"
     assert [c["conn_id"] for c in event["connections"]] == [c["conn_id"] for c in conntrace.live()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_where_only_warnings_are_kept_the_answer_comes_at_warning(live_signal_setting, captured):
+    """Production keeps warnings only: an operator's request is answered, not filtered out."""
+    wrapper_class = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    try:
+        live_signal_setting("SIGUSR2")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        os.kill(os.getpid(), signal.SIGUSR2)
+        wait_for(lambda: named(captured, "connections_live"), timeout=10, what="connections_live")
+    finally:
+        structlog.configure(wrapper_class=wrapper_class)
+        events.reset()
+    [event] = named(captured, "connections_live")
+    assert event["log_level"] == "warning"
+    assert [c["conn_id"] for c in event["connections"]] == [c["conn_id"] for c in conntrace.live()]
+    assert named(captured, "connection_opened") == []  # debug stays filtered: only the answer is raised
