@@ -1,4 +1,4 @@
-"""Who holds a psycopg pool's connections: its state now, and ``pool_exhausted`` when a checkout times out.
+"""Who holds a psycopg pool's connections: its state now, and ``pool_exhausted`` when a checkout gets none.
 
 A ``PoolTimeout`` says only how long the caller waited. Every checkout is a
 live pooled record (made by the connect wrapper, ended when Django returns
@@ -100,20 +100,26 @@ def all_pools() -> list[dict[str, Any]]:
     return [pool_state(alias, pool, now) for alias, pool in list(kept.items())]
 
 
-def is_pool_timeout(exc: BaseException) -> bool:
-    """Return True for psycopg_pool's ``PoolTimeout`` (without importing psycopg_pool)."""
-    module = sys.modules.get("psycopg_pool")
-    timeout = getattr(module, "PoolTimeout", None)
-    return timeout is not None and isinstance(exc, timeout)
+def is_pool_error(exc: BaseException, name: str) -> bool:
+    """Return True if ``exc`` is psycopg_pool's exception ``name`` (without importing psycopg_pool)."""
+    error = getattr(sys.modules.get("psycopg_pool"), name, None)
+    return error is not None and isinstance(exc, error)
 
 
 def checkout_failed(wrapper: Any, record: records.ConnectionRecord, exc: BaseException) -> None:
-    """Emit ``pool_exhausted`` if a pooled ``connect()`` timed out, before its exception goes on."""
+    """Emit ``pool_exhausted`` when a pooled ``connect()`` found no connection, before the error goes on.
+
+    Exhausted: the checkout timed out (``PoolTimeout``), or the pool refused it
+    at once because ``max_waiting`` requests were already waiting
+    (``TooManyRequests``); only the first is a timeout for the metrics.
+    """
     try:
-        if not is_pool_timeout(exc):
+        timed_out = is_pool_error(exc, "PoolTimeout")
+        if not timed_out and not is_pool_error(exc, "TooManyRequests"):
             return
         if metric_hooks.recorder is not None:
-            metric_hooks.recorder.timed_out(wrapper.alias)
+            if timed_out:
+                metric_hooks.recorder.timed_out(wrapper.alias)
             metric_hooks.recorder.anomaly(Event.POOL_EXHAUSTED, wrapper.alias)
         pool = (psycopg_pools.django_pools() or {}).get(wrapper.alias)
         if pool is None:

@@ -30,7 +30,15 @@ from conntrace import metric_hooks, metrics, watchdog
 from conntrace.names import Event, Metric
 from tests.test_forking import in_child
 from tests.test_losses import terminate
-from tests.test_pools import ALIAS, Holders, small_pool, use_small_pool  # noqa: F401 (a fixture)
+from tests.test_pools import (  # noqa: F401 (small_pool: a fixture)
+    ALIAS,
+    SMALL_POOL,
+    Holders,
+    OneInLine,
+    refuse_a_second_waiter,
+    small_pool,
+    use_small_pool,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -245,6 +253,21 @@ def test_a_pool_timeout_counts_one_timeout_and_one_pool_exhausted(reader):
     assert values(reader, Metric.TIMEOUTS) == {(name,): 1}
     assert values(reader, Metric.ANOMALIES) == {("pool_exhausted", name): 1}
     assert counts(reader, ALIAS)["used"] == 0
+
+
+@pytest.mark.usefixtures("small_pool")
+def test_a_checkout_refused_with_requests_waiting_is_pool_exhausted_but_no_timeout(reader):
+    name = pool_name(ALIAS)
+    refuse_a_second_waiter(SMALL_POOL)
+    in_line = OneInLine()
+    with Holders():
+        in_line.start()
+        assert values(reader, Metric.PENDING_REQUESTS) == {(name,): 1}
+        with pytest.raises(OperationalError):
+            use_small_pool().ensure_connection()
+    in_line.join()
+    assert values(reader, Metric.TIMEOUTS) == {}
+    assert values(reader, Metric.ANOMALIES) == {("pool_exhausted", name): 1}
 
 
 def test_a_forked_child_counts_its_own_connections_and_the_parent_only_its_own(reader):

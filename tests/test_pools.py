@@ -24,6 +24,7 @@ from django.db.backends.postgresql.base import DatabaseWrapper
 import conntrace
 from conntrace import instrument, panel_stats, panel_tracking, panels, process
 from tests.conftest import named
+from tests.support import wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -153,6 +154,57 @@ def test_a_checkout_that_times_out_names_both_holders_before_the_error_propagate
         assert 0.9 <= holder["held_s"] < 20
         assert isinstance(holder["backend_pid"], int)
     assert plain["backend_pid"] != atomic["backend_pid"]
+
+
+def refuse_a_second_waiter(small_pool: dict[str, Any]) -> None:
+    """Make the small pool refuse a checkout at once (``TooManyRequests``) while one already waits."""
+    pool = {"min_size": 2, "max_size": 2, "timeout": 5, "max_waiting": 1}
+    small_pool["OPTIONS"] = {**small_pool["OPTIONS"], "pool": pool}
+    use_small_pool().pool.open(wait=True)  # both connections made: the holders take them without waiting
+
+
+class OneInLine:
+    """A thread waiting for one of the small pool's connections, in line until the holders let go."""
+
+    def __init__(self) -> None:
+        self.failed: list[BaseException] = []
+        self.thread = threading.Thread(target=self.wait_in_line, name="waiter")
+
+    def wait_in_line(self) -> None:
+        try:
+            use_small_pool().ensure_connection()  # waits for a connection
+        except OperationalError as exc:
+            self.failed.append(exc)
+        finally:
+            use_small_pool().close()
+
+    def start(self) -> None:
+        """Start waiting (while the holders hold), and return once the pool counts the request."""
+        self.thread.start()
+        wait_for(lambda: use_small_pool().pool.get_stats().get("requests_waiting") == 1, what="one waiting")
+
+    def join(self) -> None:
+        self.thread.join(timeout=20)
+
+
+def test_a_checkout_refused_because_max_waiting_requests_wait_names_the_holders_at_once(small_pool, captured):
+    """``max_waiting``: psycopg_pool refuses a checkout at once with ``TooManyRequests``: exhausted too."""
+    refuse_a_second_waiter(small_pool)
+    in_line = OneInLine()
+    with Holders():
+        in_line.start()
+        exc, emitted_before = take_a_third(captured)
+    in_line.join()
+    assert emitted_before == 1
+    from psycopg_pool import TooManyRequests
+
+    assert isinstance(exc.__cause__, TooManyRequests)
+    assert in_line.failed == []  # the holders let go: the one in line got its connection
+    [event] = named(captured, "pool_exhausted")
+    assert (event["error_type"], event["waiting"], event["checked_out"]) == ("TooManyRequests", 1, 2)
+    assert event["waited_s"] < 1  # refused at once, not after the timeout
+    assert event["requested_in"].startswith(line_of("the third checkout"))
+    assert {h["thread"] for h in event["holders"]} == {"holder-plain", "holder-atomic"}
 
 
 def test_the_request_context_of_each_holder_is_named(small_pool, captured):
