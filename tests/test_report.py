@@ -244,6 +244,13 @@ def test_since_and_until_leave_events_out_and_nothing_left_is_exit_status_0(logs
     assert read(logs.directory, until=last + 1)["problems"] == read(logs.directory)["problems"]
 
 
+def test_input_without_a_single_conntrace_event_says_so_rather_than_all_is_well(tmp_path, capsys):
+    (tmp_path / "app.log").write_text("[INFO] Booting worker with pid: 4243\n" + '{"event": "login"}\n')
+    assert cli.run([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "No conntrace events in the input" in out and "No problems found." not in out
+
+
 def test_the_summary_names_the_culprit_and_colours_only_a_terminal(logs, monkeypatch):
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -31,6 +31,13 @@ PROBLEM_EVENTS = frozenset(
     }
 )
 
+# What the summary and the page say when nothing the input holds is conntrace's.
+NO_EVENTS = (
+    "No conntrace events in the input: is it the output of the conntrace logger, as JSON lines "
+    "(structlog's JSONRenderer)? See the README's Logging set-up."
+)
+NO_PROBLEMS = "No problems found."
+
 FORK = (
     "Remove the query at this line from import time (or close connections before the server forks); "
     "check with: manage.py conntrace_preflight"

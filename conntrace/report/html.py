@@ -13,7 +13,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Optional
 
-from conntrace.report import model
+from conntrace.report import advice, model
 from conntrace.report.findings import iso
 
 MAX_LANES = 300
@@ -211,9 +211,9 @@ def _lives_table(findings: dict[str, Any]) -> str:
 def render(findings: dict[str, Any]) -> str:
     """Return the whole page."""
     read = findings["input"]
-    problems = (
-        "".join(_problem(n, p) for n, p in enumerate(findings["problems"], 1)) or "<p>No problems found.</p>"
-    )
+    nothing = advice.NO_EVENTS if read["events"] == 0 else advice.NO_PROBLEMS
+    problems = "".join(_problem(n, p) for n, p in enumerate(findings["problems"], 1))
+    problems = problems or f"<p>{escape(nothing)}</p>"
     damaged = "".join(f'<div class="damaged">damaged: {_e(line)}</div>' for line in read["damaged"])
     svg, note = _timeline(findings)
     totals = findings["totals"]

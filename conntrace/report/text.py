@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any, TextIO
 
+from conntrace.report import advice
+
 MAX_PROCESS_LINES = 40
 MAX_LABELS = 6
 COLOURS = {"error": "31;1", "critical": "31;1", "warning": "33;1", "info": "2", "dim": "2", "bold": "1"}
@@ -97,7 +99,7 @@ def render(findings: dict[str, Any], stream: TextIO) -> None:
         for number, problem in enumerate(problems, 1):
             out += ["", *_problem_lines(number, problem, paint)]
     else:
-        out.append("No problems found.")
+        out.append(advice.NO_EVENTS if read["events"] == 0 else advice.NO_PROBLEMS)
     out += [
         "",
         paint("bold", "Process families (parent, then the processes it forked)"),
