@@ -176,6 +176,7 @@ class PanelBadge(Name):
     DRIVER_CLOSED = "driver closed behind Django's back"
     REPEAT_CLOSE = "repeat close (no-op)"
     TOOLBAR_STORE = "opened by the toolbar's store"
+    LOST = "session lost"
 
 
 class CloseWhen(Name):

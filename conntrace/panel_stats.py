@@ -163,6 +163,10 @@ def _badges(
         badges.append(_badge("close-failed", label, "the driver raised while closing"))
     if Outcome.ABANDONED in outcomes:
         badges.append(_badge("abandoned", Outcome.ABANDONED, "its wrapper was garbage-collected while open"))
+    if record.lost is not None:
+        warnings += 1
+        title = f"a query failed because the session was gone ({record.lost}): see connection_lost"
+        badges.append(_badge("lost", PanelBadge.LOST, title))
     if data["inherited"]:
         warnings += 1
     badges.extend(_opened_outside_badges(record))

@@ -231,6 +231,7 @@ class ConnectionRecord:
             "idle_s": self.idle_s() if self.state is State.OPEN else None,
             "thread_alive": self.thread_alive() if self.state is State.OPEN else None,
             "transaction_started_in": self.transaction_started_in(),
+            "lost": self.lost,
         }
 
 

@@ -10,7 +10,7 @@ import threading
 import warnings
 from typing import Any
 
-from django.db import connection, connections
+from django.db import DatabaseError, connection, connections
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
@@ -100,6 +100,18 @@ def other_thread_view(request: HttpRequest) -> HttpResponse:
     return html("a thread holds a connection")
 
 
+def lost_session_view(request: HttpRequest) -> HttpResponse:
+    """Use a connection, then have the server end its session: the next query finds it gone."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")  # the server ends it
+    except DatabaseError:
+        pass
+    return html("the session was lost")
+
+
 __getattr__ = toolbar_urlconf(
     [
         path("query/", query_view),
@@ -108,5 +120,6 @@ __getattr__ = toolbar_urlconf(
         path("spy/", spy_view),
         path("hostile/", hostile_view),
         path("other-thread/", other_thread_view),
+        path("lost/", lost_session_view),
     ]
 )

@@ -143,6 +143,18 @@ def test_double_close_at_request_end_gets_its_badge(toolbar):
     assert "in double_close_view" in content
 
 
+@pytest.mark.postgres
+def test_a_session_the_server_ended_gets_the_lost_badge_with_its_cause(toolbar):
+    served = serve("/lost/")
+    [entry] = stored(served.request_id)["connections"]
+    assert entry["lost"] == "terminated_by_admin"
+    lost = [badge for badge in entry["badges"] if badge["kind"] == "lost"]
+    assert [badge["label"] for badge in lost] == ["session lost"]
+    assert "terminated_by_admin" in lost[0]["title"]
+    assert entry["warnings"] >= 1
+    assert "session lost" in rendered_panel(served.request_id)
+
+
 def test_persistent_connection_is_reported_reused_with_who_opened_it(toolbar, conn_max_age):
     conn_max_age(60)
     connection.close()
