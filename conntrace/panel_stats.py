@@ -63,8 +63,9 @@ def build_stats(session: Optional[tracking.Session], request_end: Optional[str] 
         "process": _process_facts(),
         "pools": _pools(),
         "counts": {
-            "opened": sum(1 for e in entries if e["origin"] != Origin.EARLIER),
-            "reused": sum(1 for e in entries if e["origin"] == Origin.EARLIER),
+            # A pool's checkout of a session it already had reuses that session: not "opened".
+            "opened": sum(1 for e in entries if e["origin"] != Origin.EARLIER and e["new_session"]),
+            "reused": sum(1 for e in entries if e["origin"] == Origin.EARLIER or not e["new_session"]),
             "warnings": sum(e["warnings"] for e in entries),
         },
         "request_end": request_end,

@@ -369,3 +369,5 @@ def test_the_panel_shows_each_pool_its_holders_and_which_checkouts_made_a_sessio
     assert len(new) == 5 and new[0] is True and False in new[:3]
     assert html.count("pool checkout of an existing session") == new.count(False)
     assert html.count("pool checkout: a new session the pool made") == new.count(True)
+    # The subtitle counts sessions: a checkout of a session the pool had is reused, not opened.
+    assert (stored["counts"]["opened"], stored["counts"]["reused"]) == (new.count(True), new.count(False))
