@@ -1,7 +1,9 @@
 """conntrace's pytest plugin, registered through the ``pytest11`` entry point.
 
 It must never break a project that installs conntrace without using it in its
-tests: it watches nothing until Django's settings are configured, and an error
+tests: it watches nothing until Django's settings are configured, nothing by
+default unless conntrace is in ``INSTALLED_APPS`` (``--conntrace`` or the ini
+option asks for it explicitly), and an error
 inside it is reported once in the summary, never raised into a test. In
 ``report`` mode each test's findings (see ``findings``) are listed at the end;
 in ``strict`` mode the test that caused one fails at teardown, so that its own
@@ -34,17 +36,26 @@ def pytest_addoption(parser: Any) -> None:
         choices=MODES,
         default=None,
         help="off: do nothing; report: list leaked, double-closed and forked connections at the end; "
-        "strict: fail the test that caused one. Default: the conntrace ini option, else report.",
+        "strict: fail the test that caused one. Default: the conntrace ini option, else report "
+        "when conntrace is in INSTALLED_APPS.",
     )
-    parser.addini("conntrace", "off, report or strict (see --conntrace)", default=GuardMode.REPORT)
+    parser.addini("conntrace", "off, report or strict (see --conntrace)", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    mode = config.getoption("conntrace") or config.getini("conntrace")
+    chosen = config.getoption("conntrace") or config.getini("conntrace")
+    mode = chosen or GuardMode.REPORT
     if mode not in MODES:
         raise pytest.UsageError(f"conntrace ini option: {mode!r} is not one of {', '.join(MODES)}")
     if mode != GuardMode.OFF:
-        config.pluginmanager.register(SuiteGuard(GuardMode(mode)), PLUGIN_NAME)
+        config.pluginmanager.register(SuiteGuard(GuardMode(mode), chosen=bool(chosen)), PLUGIN_NAME)
+
+
+def in_installed_apps() -> bool:
+    """Return True if the project lists conntrace in ``INSTALLED_APPS`` (by name or by its AppConfig)."""
+    from django.conf import settings
+
+    return any(app == "conntrace" or app.startswith("conntrace.") for app in settings.INSTALLED_APPS)
 
 
 def django_is_set_up() -> bool:
@@ -59,8 +70,12 @@ def django_is_set_up() -> bool:
 class SuiteGuard:
     """The plugin's state for one run: the watcher (once Django is set up) and every finding."""
 
-    def __init__(self, mode: GuardMode) -> None:
+    def __init__(self, mode: GuardMode, chosen: bool = True) -> None:
         self.mode = mode
+        # Not chosen (no option, no ini): watch only a project that put conntrace in INSTALLED_APPS.
+        # Installing it into another project's tests would change what they run (close errors
+        # downgraded), which a dependency that merely came along must never do.
+        self.chosen = chosen
         self.watcher: Any = None
         self.found: list[Any] = []
         self.watched = 0  # tests watched, here or in pytest-xdist's workers
@@ -88,7 +103,7 @@ class SuiteGuard:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         # After pytest-django's set-up, before collection: import-time connections are recorded.
         try:
-            if not django_is_set_up():
+            if not django_is_set_up() or not (self.chosen or in_installed_apps()):
                 return
             from conntrace import drop_guard, findings, install
 

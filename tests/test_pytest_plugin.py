@@ -164,6 +164,46 @@ def test_a_project_without_django_sees_nothing(tmp_path):
         assert "conntrace" not in run.stdout + run.stderr
 
 
+DJANGO_WITHOUT_CONNTRACE = """\
+import django
+from django.conf import settings
+
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes"],
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+)
+django.setup()
+"""
+
+USES_A_CONNECTION = """\
+import pytest
+from django.db import connection
+
+from conntrace import instrument
+
+
+@pytest.mark.django_db
+def test_a_query():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    print("conntrace installed:", instrument.is_installed())
+"""
+
+
+def test_a_django_project_without_conntrace_in_installed_apps_is_left_alone_unless_asked(tmp_path):
+    """conntrace came along as a dependency: its plugin installs nothing in that project's tests."""
+    (tmp_path / "conftest.py").write_text(DJANGO_WITHOUT_CONNTRACE)
+    (tmp_path / "test_app.py").write_text(USES_A_CONNECTION)
+    env = {**outer_env_removed(), "PYTHONPATH": str(ROOT)}
+    run = inner_pytest(tmp_path, env, "-q", "-s")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "conntrace installed: False" in run.stdout
+    assert "tests watched" not in run.stdout
+    asked = inner_pytest(tmp_path, env, "-q", "-s", "--conntrace=report")
+    assert "conntrace installed: True" in asked.stdout
+    assert "conntrace (report): 1 tests watched, no finding" in asked.stdout
+
+
 @pytest.mark.slow
 def test_a_pool_left_open_is_named_and_so_are_its_sessions_when_the_drop_fails(tmp_path):
     """A pooled test-mirror alias: Django closes the pool of the alias it drops, not the mirror's."""
