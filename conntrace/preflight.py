@@ -47,10 +47,12 @@ ADVICE = (
     "AppConfig.ready()), or close connections before the fork: end the preloaded module with\n"
     "django.db.connections.close_all() (with a psycopg pool, also connections[alias].close_pool():\n"
     "closing only returns a connection to its pool), or do not preload (gunicorn without --preload,\n"
-    "uWSGI with lazy-apps = true). If your gunicorn config already closes them in pre_fork, give it\n"
-    "to this check: --gunicorn-config gunicorn.conf.py."
+    "uWSGI with lazy-apps = true). If your gunicorn config already closes them in pre_fork, run this\n"
+    "check where gunicorn finds ./gunicorn.conf.py, or give it: --gunicorn-config PATH."
 )
 SETTINGS_SOURCE = "settings.WSGI_APPLICATION"
+# Without -c, gunicorn reads this file when the directory it starts in has one: so does preflight.
+GUNICORN_DEFAULT_CONFIG = "gunicorn.conf.py"
 CONFIG_SOURCE = "wsgi_app of the gunicorn config"
 NO_TARGET = (
     "no application given and no settings to read WSGI_APPLICATION from "
@@ -78,8 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-c",
         "--gunicorn-config",
         metavar="CONFIG",
-        help="gunicorn's config (a path, file:PATH or python:MODULE): run its on_starting, when_ready "
-        "and pre_fork hooks after loading the application, as gunicorn's master does before forking",
+        help="gunicorn's config (a path, file:PATH or python:MODULE; default: ./gunicorn.conf.py when "
+        "there is one, as gunicorn reads it): run its on_starting, when_ready and pre_fork hooks after "
+        "loading the application, as gunicorn's master does before forking",
     )
     parser.add_argument(
         "--uwsgi-lazy-apps",
@@ -126,6 +129,9 @@ def run(
                 return _done(out, report, as_json)
             _start_tracing()
             _put_cwd_on_path()
+            if gunicorn_config is None and os.path.isfile(GUNICORN_DEFAULT_CONFIG):
+                gunicorn_config = GUNICORN_DEFAULT_CONFIG
+                _say(err, f"conntrace preflight: reading ./{GUNICORN_DEFAULT_CONFIG}, as gunicorn does")
             config = prefork.load_gunicorn_config(gunicorn_config) if gunicorn_config else None
             target, source = _choose_target(target, config)
             report["target"] = target

@@ -33,9 +33,13 @@ def e2e_database() -> None:
     e2e_db.create()
 
 
-def run(*args: str, command: str = "cli", settings: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, command: str = "cli", settings: str | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     """Run the preflight as a user would, from the project's directory, and check no secret leaks."""
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
+    if cwd != ROOT:
+        env["PYTHONPATH"] = str(ROOT)  # the project's modules, from another directory
     if settings:
         env["DJANGO_SETTINGS_MODULE"] = settings
     if command == "cli":
@@ -51,7 +55,7 @@ def run(*args: str, command: str = "cli", settings: str | None = None) -> subpro
             "tests.e2e.settings",
         ]
         env["PYTHONPATH"] = str(ROOT)
-    out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
     assert pgserver.APP_PASSWORD not in out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     return out
@@ -225,6 +229,16 @@ def test_the_readme_pre_fork_hook_makes_preflight_pass(tmp_path):
     report = json.loads(out.stdout)
     assert report["gunicorn_hooks"] == []
     assert [e["opened_in"] for e in report["open_connections"]] == [IMPORT_TIME_LINE]
+
+
+def test_without_c_a_gunicorn_conf_py_in_the_directory_is_read_as_gunicorn_reads_it(tmp_path):
+    (tmp_path / "gunicorn.conf.py").write_text(readme_pre_fork_hook())
+    out = run("tests.e2e.wsgi", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "reading ./gunicorn.conf.py, as gunicorn does" in out.stderr
+    assert "running gunicorn's pre_fork left no database connection open" in out.stdout
+    (tmp_path / "gunicorn.conf.py").unlink()
+    assert run("tests.e2e.wsgi", cwd=tmp_path).returncode == 1  # no config: the hook is not there
 
 
 def test_hooks_run_in_gunicorn_order_with_a_server_and_a_worker(tmp_path):
