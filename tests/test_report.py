@@ -24,7 +24,7 @@ import pytest
 from django.core.management import call_command
 
 from benchmarks.log_report import replay
-from conntrace.report import cli, html, text
+from conntrace.report import cli, html, reading, text
 from conntrace.report.findings import iso
 from tests.support import REPO, run_module
 
@@ -117,6 +117,28 @@ def test_other_programs_lines_garbage_empty_and_binary_files_are_skipped_and_cou
     assert found["input"]["damaged"] == [
         f"{tmp_path / 'gone.log'}: cannot read (No such file or directory); left out"
     ]
+
+
+def test_rotated_files_are_read_oldest_first_so_a_process_is_not_cut_in_three(logs, tmp_path):
+    """logrotate's web.log.2.gz, web.log.1, web.log: name order would read the newest first."""
+    lines = list(replay(logs.events, 9000, 3, 40))
+    thirds = [lines[:3000], lines[3000:6000], lines[6000:]]
+    whole = write_lines(tmp_path / "whole" / "web.log", [])
+    whole.write_text("".join(f"{line}\n" for line in lines))
+    rotated = tmp_path / "rotated"
+    rotated.mkdir()
+    (rotated / "web.log.2.gz").write_bytes(gzip.compress("".join(f"{x}\n" for x in thirds[0]).encode()))
+    (rotated / "web.log.1").write_text("".join(f"{x}\n" for x in thirds[1]))
+    (rotated / "web.log").write_text("".join(f"{x}\n" for x in thirds[2]))
+    one_file, three_files = read(whole), read(rotated)
+    assert len(three_files["processes"]) == len(one_file["processes"]) == 3
+    assert three_files["problems"] == one_file["problems"]
+    order = [Path(file).name for file, _ in reading.expand([str(rotated)])]
+    assert order == ["web.log.2.gz", "web.log.1", "web.log"]
+    dated = ["app.log", "app.log-20261127.gz", "app.log-20261126", "other.log"]
+    assert sorted(dated, key=reading.oldest_first) == [
+        "app.log-20261126", "app.log-20261127.gz", "app.log", "other.log"
+    ]  # fmt: skip
 
 
 def test_gzip_is_told_by_its_magic_and_a_truncated_gzip_gives_the_lines_before_the_damage(logs, tmp_path):

@@ -15,6 +15,7 @@ import gzip
 import io
 import json
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterator
@@ -25,6 +26,30 @@ from conntrace.names import Event
 
 GZIP_MAGIC = b"\x1f\x8b"
 STDIN = "-"
+# logrotate's names: web.log.1 / web.log.2.gz (larger: older), web.log-20261128(.gz) (dated).
+_ROTATED = re.compile(r"^(?P<base>.+?)(?:\.(?P<number>\d{1,4})|-(?P<date>\d{8}(?:\d{2,6})?))$")
+_COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+
+
+def oldest_first(name: str) -> tuple[str, int, int, str]:
+    """Sort key for the files of one directory: a log's rotated files oldest first, the live one last.
+
+    Read in name order, ``web.log`` (the newest) would come before ``web.log.1``: a process's
+    events would go back in time and its ``seq`` restart, which reads as a new process.
+    """
+    stem = name
+    for suffix in _COMPRESSED:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    rotated = _ROTATED.match(stem)
+    if rotated is None:
+        return (stem, 1, 0, "")  # the live file: after its rotated ones
+    if rotated["number"] is not None:
+        return (rotated["base"], 0, -int(rotated["number"]), "")
+    return (rotated["base"], 0, 0, rotated["date"])
+
+
 EVENT_NAMES = frozenset(event.value for event in Event)
 _decode = json.JSONDecoder().decode
 
@@ -46,7 +71,7 @@ class ReadStats:
 
 
 def expand(paths: list[str]) -> list[tuple[str, bool]]:
-    """Return ``(file, given)`` for the files ``paths`` name, directories walked in sorted order.
+    """Return ``(file, given)`` for the files ``paths`` name, directories walked in order (``oldest_first``).
 
     A path given that cannot be read raises ``UnreadableInput``; what a walk finds is read if it
     can be (``given`` False: a failure is one ``damaged`` line). Only regular files are walked
@@ -61,7 +86,7 @@ def expand(paths: list[str]) -> list[tuple[str, bool]]:
                 raise UnreadableInput(f"cannot read directory {path}")
             for directory, subdirectories, names in os.walk(path):
                 subdirectories.sort()
-                found = (os.path.join(directory, name) for name in sorted(names))
+                found = (os.path.join(directory, name) for name in sorted(names, key=oldest_first))
                 files.extend((file, False) for file in found if os.path.isfile(file) or os.path.islink(file))
         elif not os.path.exists(path):
             raise UnreadableInput(f"no such file or directory: {path}")
