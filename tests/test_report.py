@@ -135,6 +135,8 @@ def test_rotated_files_are_read_oldest_first_so_a_process_is_not_cut_in_three(lo
     assert three_files["problems"] == one_file["problems"]
     order = [Path(file).name for file, _ in reading.expand([str(rotated)])]
     assert order == ["web.log.2.gz", "web.log.1", "web.log"]
+    as_a_shell_globs = sorted(str(path) for path in rotated.iterdir())  # web.log* : web.log first
+    assert read(*as_a_shell_globs)["processes"] == three_files["processes"]
     dated = ["app.log", "app.log-20261127.gz", "app.log-20261126", "other.log"]
     assert sorted(dated, key=reading.oldest_first) == [
         "app.log-20261126", "app.log-20261127.gz", "app.log", "other.log"

@@ -94,7 +94,16 @@ def expand(paths: list[str]) -> list[tuple[str, bool]]:
             raise UnreadableInput(f"cannot read {path}: permission denied")
         else:
             files.append((path, True))
+    # Files named one by one (a shell's web.log* gives web.log first) get the same order, in their slots.
+    slots = [index for index, (file, given) in enumerate(files) if given and file != STDIN]
+    ordered = sorted((files[index][0] for index in slots), key=_in_directory_oldest_first)
+    for index, file in zip(slots, ordered, strict=True):
+        files[index] = (file, True)
     return files
+
+
+def _in_directory_oldest_first(path: str) -> tuple[str, tuple[str, int, int, str]]:
+    return os.path.dirname(path), oldest_first(os.path.basename(path))
 
 
 def _open(path: str) -> IO[bytes]:
