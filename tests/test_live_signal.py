@@ -29,7 +29,16 @@ from tests import pgserver
 from tests.conftest import named, unstamped
 from tests.e2e import client
 from tests.e2e import db as e2e_db
-from tests.support import REPO, free_port, server_env, source_line, stop, wait_for, wait_listening
+from tests.support import (
+    REPO,
+    children_of,
+    free_port,
+    server_env,
+    source_line,
+    stop,
+    wait_for,
+    wait_listening,
+)
 
 SCENARIO = "tests/e2e/livescenario.py"
 SIGNALS_SENT = 5
@@ -123,6 +132,40 @@ def test_under_gunicorn_preload_the_master_and_every_worker_answer(tmp_path):
     for pid in workers:
         # Each worker reports only its own connections: the inherited one was discarded at the fork.
         assert all(c["pid"] == pid for c in by_pid[pid]["connections"])
+
+
+@pytest.mark.postgres
+def test_under_uwsgi_sigurg_harms_nothing_and_a_worker_answers_at_its_next_request(tmp_path):
+    """uWSGI's C loop runs no Python between requests: a worker's handler runs at its next request,
+    the master's never (it runs no Python after loading the application)."""
+    e2e_db.create()
+    events_path, port = tmp_path / "events.jsonl", free_port()
+    env = server_env(
+        "tests.e2e.prefork_settings", CONNTRACE_E2E_LOG=str(events_path), CONNTRACE_E2E_LIVE_SIGNAL="SIGURG"
+    )
+    command = [
+        str(Path(sys.executable).with_name("uwsgi")), "--strict", "--master", "--processes", "2",
+        "--http-socket", f"127.0.0.1:{port}", "--module", "tests.e2e.wsgi:application", "--need-app",
+        "--die-on-term",
+    ]  # fmt: skip
+    with open(tmp_path / "uwsgi.log", "wb") as log:
+        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(port, server, name="uWSGI")
+            wait_for(lambda: len(children_of(server.pid)) == 2, timeout=20, what="two workers")
+            workers = children_of(server.pid)
+            for pid in (server.pid, *workers):
+                os.kill(pid, signal.SIGURG)
+            time.sleep(2)
+            unanswered = live_events(tmp_path)
+            assert server.poll() is None and children_of(server.pid) == workers  # nobody harmed
+            deadline = time.monotonic() + 20
+            while {e["pid"] for e in live_events(tmp_path)} != workers and time.monotonic() < deadline:
+                client.get(port, "/count/")
+        finally:
+            stop(server)
+    assert unanswered == []  # idle between requests: nothing ran the handler
+    assert {event["pid"] for event in live_events(tmp_path)} == workers  # the master: never
 
 
 @pytest.fixture
