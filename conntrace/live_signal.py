@@ -1,11 +1,11 @@
 """``CONNTRACE["LIVE_SIGNAL"]``: an operator asks a running process what it holds, and it logs it.
 
-``kill -USR2 <pid>`` makes the process emit one ``connections_live`` event (info; warning when
-the application keeps only warnings, since an operator asked):
-``conntrace.live()`` as ``connections``, and ``conntrace.pools()`` as ``pools``
-when the process has any. Installed at ``install()`` (``AppConfig.ready()``),
-removed at ``uninstall()``, again when the setting changes; installing twice is
-a no-op.
+With ``"SIGURG"`` set, ``kill -URG <pid>`` makes the process emit one
+``connections_live`` event (info; warning when the application keeps only
+warnings, since an operator asked): ``conntrace.live()`` as ``connections``, and
+``conntrace.pools()`` as ``pools`` when the process has any. Installed at
+``install()`` (``AppConfig.ready()``), removed at ``uninstall()``, again when
+the setting changes; installing twice is a no-op.
 
 The handler only puts the signal number on a ``queue.SimpleQueue``, and a
 daemon thread started at install builds and emits the event. A signal handler

@@ -51,8 +51,6 @@ ADVICE = (
     "check where gunicorn finds ./gunicorn.conf.py, or give it: --gunicorn-config PATH."
 )
 SETTINGS_SOURCE = "settings.WSGI_APPLICATION"
-# Without -c, gunicorn reads this file when the directory it starts in has one: so does preflight.
-GUNICORN_DEFAULT_CONFIG = "gunicorn.conf.py"
 CONFIG_SOURCE = "wsgi_app of the gunicorn config"
 NO_TARGET = (
     "no application given and no settings to read WSGI_APPLICATION from "
@@ -129,9 +127,9 @@ def run(
                 return _done(out, report, as_json)
             _start_tracing()
             _put_cwd_on_path()
-            if gunicorn_config is None and os.path.isfile(GUNICORN_DEFAULT_CONFIG):
-                gunicorn_config = GUNICORN_DEFAULT_CONFIG
-                _say(err, f"conntrace preflight: reading ./{GUNICORN_DEFAULT_CONFIG}, as gunicorn does")
+            if gunicorn_config is None and os.path.isfile(prefork.GUNICORN_DEFAULT_CONFIG):
+                gunicorn_config = prefork.GUNICORN_DEFAULT_CONFIG
+                _say(err, f"conntrace preflight: reading ./{gunicorn_config}, as gunicorn does")
             config = prefork.load_gunicorn_config(gunicorn_config) if gunicorn_config else None
             target, source = _choose_target(target, config)
             report["target"] = target

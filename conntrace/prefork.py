@@ -23,6 +23,8 @@ from types import SimpleNamespace
 from typing import Any
 
 GUNICORN_HOOKS = ("on_starting", "when_ready", "pre_fork")  # the order gunicorn calls them in
+# Without -c, gunicorn reads this file when the directory it starts in has one.
+GUNICORN_DEFAULT_CONFIG = "gunicorn.conf.py"
 UWSGI_LAZY_OPTIONS = ("lazy-apps", "lazy")
 UWSGI_FALSE = ("0", "false", "off", "no")  # uWSGI's own words for a flag turned off
 
